@@ -1,0 +1,33 @@
+"""Build script of the ament_python package ssvif_ros (colcon and pip both use it)."""
+from glob import glob
+import os
+
+from setuptools import find_packages, setup
+
+package_name = 'ssvif_ros'
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(exclude=['test', 'test.*', 'bench', 'bench.*']),
+    package_data={'ssvif_ros': ['models/*/*']},
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        (os.path.join('share', package_name, 'launch'), glob('launch/*.launch.py')),
+        (os.path.join('share', package_name, 'config'), glob('config/*.yaml') + glob('config/*.xml')),
+        (os.path.join('share', package_name, 'config', 'train'), glob('config/train/*.yaml')),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=True,
+    maintainer='ssvif_ros maintainers',
+    maintainer_email='maintainers@ssvif-ros.invalid',
+    description='Segmentation-aware visible-infrared image fusion for ROS 2 (SSVIF).',
+    license='Apache-2.0',
+    tests_require=['pytest'],
+    entry_points={
+        'console_scripts': [
+            'ssvif-train = ssvif_train.cli:main',
+        ],
+    },
+)

@@ -1,0 +1,426 @@
+"""All pixel pre- and post-processing of ssvif_ros, in one place.
+
+Training, export, the evaluation tools and the ROS 2 node all call these functions, so a fused
+image means the same thing everywhere. Conventions:
+
+* Float images are in ``[0, 1]``. NumPy images are ``H x W`` or ``H x W x C`` (channel last, RGB
+  order); torch tensors are ``N x C x H x W``. Colour functions take ``channel_axis`` and work on
+  both NumPy arrays and torch tensors with the same formula.
+* Colour space: ITU-R BT.601 full-range YCbCr (the JPEG convention used by SeAFusion, SwinFusion
+  and the MSRS tools): ``Y = 0.299 R + 0.587 G + 0.114 B``, ``Cb = 0.5 + 0.564 (B - Y)``,
+  ``Cr = 0.5 + 0.713 (R - Y)``.
+* Thermal normalization (:func:`normalize_thermal`), documented in the README:
+
+  - ``scale``: divide by the dtype's full scale (uint8 / 255, uint16 / 65535);
+  - ``fixed``: ``(t - lo) / (hi - lo)`` clipped to [0, 1] (counts or degrees, e.g. 32FC1);
+  - ``percentile``: ``lo, hi`` = the ``p_lo``/``p_hi`` percentiles of the frame, then as fixed;
+  - ``auto``: uint8 -> ``scale``; uint16 and float -> ``percentile`` (1, 99). 16-bit radiometric
+    cameras use a few thousand of their 65536 counts, so a full-scale divide would give a
+    nearly black image.
+
+* Thermal images are expanded to three identical channels before entering a fusion model
+  (SSVIF, appendix B-B: three-channel fusion).
+* Models need spatial sizes divisible by their stride: :func:`pad_to_multiple` pads with
+  reflection at the bottom and right, :func:`unpad` removes it.
+
+Heavy imports (cv2, torch) are lazy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import os
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+# BT.601 full-range coefficients.
+_KR, _KG, _KB = 0.299, 0.587, 0.114
+_CB_SCALE = 0.5 / (1.0 - _KB)  # 0.5643
+_CR_SCALE = 0.5 / (1.0 - _KR)  # 0.7133
+
+THERMAL_METHODS = ('auto', 'scale', 'fixed', 'percentile')
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
+
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith('torch')
+
+
+def _take(x, index: int, axis: int):
+    sl = [slice(None)] * x.ndim
+    sl[axis] = index
+    return x[tuple(sl)]
+
+
+def _stack(parts, axis: int, like):
+    if _is_torch(like):
+        import torch
+        return torch.stack(parts, dim=axis)
+    return np.stack(parts, axis=axis)
+
+
+def rgb_to_ycbcr(x, channel_axis: int = -1):
+    """Convert RGB in [0, 1] to BT.601 full-range YCbCr in [0, 1] (NumPy or torch)."""
+    r, g, b = (_take(x, i, channel_axis) for i in range(3))
+    y = _KR * r + _KG * g + _KB * b
+    cb = (b - y) * _CB_SCALE + 0.5
+    cr = (r - y) * _CR_SCALE + 0.5
+    return _stack([y, cb, cr], channel_axis, x)
+
+
+def ycbcr_to_rgb(x, channel_axis: int = -1):
+    """Invert :func:`rgb_to_ycbcr` (no clipping)."""
+    y, cb, cr = (_take(x, i, channel_axis) for i in range(3))
+    r = y + (cr - 0.5) / _CR_SCALE
+    b = y + (cb - 0.5) / _CB_SCALE
+    g = (y - _KR * r - _KB * b) / _KG
+    return _stack([r, g, b], channel_axis, x)
+
+
+def rgb_to_gray(x, channel_axis: int = -1):
+    """Return the BT.601 luma Y of an RGB image (channel axis removed)."""
+    r, g, b = (_take(x, i, channel_axis) for i in range(3))
+    return _KR * r + _KG * g + _KB * b
+
+
+@dataclass
+class ThermalNorm:
+    """How raw thermal values become floats in [0, 1]; see the module docstring."""
+
+    method: str = 'auto'
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    p_lo: float = 1.0
+    p_hi: float = 99.0
+
+    def __post_init__(self):
+        if self.method not in THERMAL_METHODS:
+            raise ValueError(f'thermal normalization method {self.method!r} is not one of '
+                             f'{THERMAL_METHODS}')
+        if self.method == 'fixed':
+            if self.lo is None or self.hi is None or not self.hi > self.lo:
+                raise ValueError('thermal normalization "fixed" needs lo < hi, got '
+                                 f'lo={self.lo} hi={self.hi}')
+        if not 0.0 <= self.p_lo < self.p_hi <= 100.0:
+            raise ValueError(f'thermal percentiles need 0 <= p_lo < p_hi <= 100, got '
+                             f'{self.p_lo}, {self.p_hi}')
+
+
+def normalize_thermal(img: np.ndarray, norm: Optional[ThermalNorm] = None) -> np.ndarray:
+    """Map a raw thermal frame (uint8, uint16 or float, H x W) to float32 [0, 1] (H x W).
+
+    Raises ValueError for an empty frame, a wrong shape or non-finite values.
+    """
+    norm = norm or ThermalNorm()
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 3 and img.shape[2] in (3, 4):
+        # A thermal image saved as RGB(A) grey: all channels should be equal; take luma.
+        img = rgb_to_gray(img[:, :, :3].astype(np.float32)).astype(
+            np.float32 if img.dtype.kind == 'f' else img.dtype)
+    if img.ndim != 2:
+        raise ValueError(f'thermal image must be H x W, got shape {img.shape}')
+    if img.size == 0:
+        raise ValueError('thermal image is empty (zero size)')
+    method = norm.method
+    if method == 'auto':
+        method = 'scale' if img.dtype == np.uint8 else 'percentile'
+    if img.dtype.kind == 'f' and not np.all(np.isfinite(img)):
+        raise ValueError('thermal image contains NaN or Inf values')
+    if method == 'scale':
+        if img.dtype == np.uint8:
+            return img.astype(np.float32) / 255.0
+        if img.dtype == np.uint16:
+            return img.astype(np.float32) / 65535.0
+        if img.dtype.kind == 'f':
+            return np.clip(img.astype(np.float32), 0.0, 1.0)
+        raise ValueError(f'thermal normalization "scale" does not support dtype {img.dtype}')
+    x = img.astype(np.float32)
+    if method == 'fixed':
+        lo, hi = float(norm.lo), float(norm.hi)
+    else:
+        lo, hi = (float(v) for v in np.percentile(x, [norm.p_lo, norm.p_hi]))
+    if hi <= lo:
+        # A flat frame (lens cap, shutter/NUC): keep it flat instead of dividing by zero.
+        return np.zeros_like(x)
+    return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+
+
+def visible_to_float(img: np.ndarray) -> np.ndarray:
+    """Map a visible uint8/uint16 RGB or mono image to float32 RGB [0, 1] (H x W x 3)."""
+    img = np.asarray(img)
+    if img.size == 0:
+        raise ValueError('visible image is empty (zero size)')
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
+        raise ValueError(f'visible image must be H x W x 3 (or mono), got shape {img.shape}')
+    img = img[:, :, :3]
+    if img.dtype == np.uint8:
+        x = img.astype(np.float32) / 255.0
+    elif img.dtype == np.uint16:
+        x = img.astype(np.float32) / 65535.0
+    elif img.dtype.kind == 'f':
+        x = np.clip(img.astype(np.float32), 0.0, 1.0)
+    else:
+        raise ValueError(f'visible image dtype {img.dtype} is not supported')
+    if x.shape[2] == 1:
+        x = np.repeat(x, 3, axis=2)
+    return x
+
+
+def expand_thermal(ir: np.ndarray) -> np.ndarray:
+    """Repeat a float thermal frame H x W into H x W x 3 (three-channel fusion)."""
+    return np.repeat(np.asarray(ir)[:, :, None], 3, axis=2)
+
+
+def to_uint8(x) -> np.ndarray:
+    """Float [0, 1] (NumPy or torch) to uint8 with rounding and clipping."""
+    if _is_torch(x):
+        x = x.detach().cpu().numpy()
+    return (np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def pad_amount(h: int, w: int, multiple: int) -> Tuple[int, int]:
+    """Rows and columns to add at the bottom and right so both sizes divide ``multiple``."""
+    if multiple < 1:
+        raise ValueError(f'pad multiple must be >= 1, got {multiple}')
+    return (-h) % multiple, (-w) % multiple
+
+
+def pad_to_multiple(x, multiple: int, channel_last: Optional[bool] = None):
+    """Reflect-pad an image at the bottom/right to a multiple of ``multiple``.
+
+    NumPy input is H x W or H x W x C (``channel_last`` default True); torch input is
+    N x C x H x W. Returns ``(padded, (pad_h, pad_w))``. Falls back to edge padding when the
+    image is smaller than the pad (reflection needs pad < size).
+    """
+    if _is_torch(x):
+        import torch.nn.functional as tf
+        h, w = x.shape[-2:]
+        ph, pw = pad_amount(h, w, multiple)
+        if ph == 0 and pw == 0:
+            return x, (0, 0)
+        mode = 'reflect' if ph < h and pw < w else 'replicate'
+        return tf.pad(x, (0, pw, 0, ph), mode=mode), (ph, pw)
+    x = np.asarray(x)
+    h, w = x.shape[:2]
+    ph, pw = pad_amount(h, w, multiple)
+    if ph == 0 and pw == 0:
+        return x, (0, 0)
+    widths = [(0, ph), (0, pw)] + [(0, 0)] * (x.ndim - 2)
+    mode = 'reflect' if ph < h and pw < w else 'edge'
+    return np.pad(x, widths, mode=mode), (ph, pw)
+
+
+def unpad(x, pad: Tuple[int, int]):
+    """Remove bottom/right padding added by :func:`pad_to_multiple` (NumPy HW[C] or torch NCHW)."""
+    ph, pw = pad
+    if _is_torch(x):
+        h, w = x.shape[-2:]
+        return x[..., :h - ph, :w - pw]
+    h, w = x.shape[:2]
+    return x[:h - ph, :w - pw]
+
+
+def hwc_to_nchw(x: np.ndarray):
+    """H x W x C (or H x W) float NumPy image to a 1 x C x H x W torch tensor."""
+    import torch
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 2:
+        x = x[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+
+
+def nchw_to_hwc(x) -> np.ndarray:
+    """1 x C x H x W torch tensor (or NumPy array) to an H x W x C float32 NumPy image."""
+    if _is_torch(x):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 4:
+        if x.shape[0] != 1:
+            raise ValueError(f'expected a batch of one, got shape {x.shape}')
+        x = x[0]
+    return x.transpose(1, 2, 0)
+
+
+def preprocess_pair(vis: np.ndarray, ir: np.ndarray,
+                    norm: Optional[ThermalNorm] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Raw visible and thermal frames to the model's float inputs.
+
+    Returns ``(vis, ir)`` as float32 H x W x 3 in [0, 1]; the thermal frame is normalized with
+    ``norm`` and repeated to three channels. Raises ValueError naming the image at fault.
+    """
+    v = visible_to_float(vis)
+    t = normalize_thermal(ir, norm)
+    if v.shape[:2] != t.shape:
+        raise ValueError(f'visible {v.shape[1]}x{v.shape[0]} and thermal {t.shape[1]}x'
+                         f'{t.shape[0]} images differ in size')
+    return v, expand_thermal(t)
+
+
+def max_luma_fusion(vis: np.ndarray, ir: np.ndarray) -> np.ndarray:
+    """Trivial baseline: visible image with its Y channel replaced by max(Y, IR).
+
+    ``vis`` float H x W x 3, ``ir`` float H x W or H x W x 3 in [0, 1]; returns float H x W x 3.
+    """
+    ycc = rgb_to_ycbcr(np.asarray(vis, dtype=np.float32))
+    t = np.asarray(ir, dtype=np.float32)
+    if t.ndim == 3:
+        t = t[:, :, 0]
+    ycc[:, :, 0] = np.maximum(ycc[:, :, 0], t)
+    return np.clip(ycbcr_to_rgb(ycc), 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Segmentation palettes
+
+MSRS_CLASSES = ('unlabelled', 'car', 'person', 'bike', 'curve', 'car_stop', 'guardrail',
+                'color_cone', 'bump')
+FMB_CLASSES = ('unlabelled', 'road', 'sidewalk', 'building', 'lamp', 'sign', 'vegetation', 'sky',
+               'person', 'car', 'truck', 'bus', 'motorcycle', 'bicycle', 'pole')
+
+_MSRS_PALETTE = ((0, 0, 0), (64, 0, 128), (64, 64, 0), (0, 128, 192), (0, 0, 192),
+                 (128, 128, 0), (64, 64, 128), (192, 128, 128), (192, 64, 0))
+_FMB_PALETTE = ((0, 0, 0), (128, 64, 128), (244, 35, 232), (70, 70, 70), (250, 170, 30),
+                (220, 220, 0), (107, 142, 35), (70, 130, 180), (220, 20, 60), (0, 0, 142),
+                (0, 0, 70), (0, 60, 100), (0, 0, 230), (119, 11, 32), (153, 153, 153))
+
+
+def class_names(spec) -> Tuple[str, ...]:
+    """Class names for ``'msrs'``, ``'fmb'`` or an integer count (self-supervised clusters)."""
+    if spec == 'msrs':
+        return MSRS_CLASSES
+    if spec == 'fmb':
+        return FMB_CLASSES
+    n = int(spec)
+    if n < 1:
+        raise ValueError(f'class count must be >= 1, got {n}')
+    return tuple(f'class_{i}' for i in range(n))
+
+
+def palette(n: int) -> np.ndarray:
+    """A fixed n x 3 uint8 palette: MSRS colours for n <= 9, FMB/Cityscapes-like for n <= 15.
+
+    Larger n continue with a deterministic golden-ratio hue walk.
+    """
+    if n < 1:
+        raise ValueError(f'palette size must be >= 1, got {n}')
+    base = list(_MSRS_PALETTE if n <= len(_MSRS_PALETTE) else _FMB_PALETTE)
+    i = len(base)
+    while len(base) < n:
+        hue = (i * 0.618033988749895) % 1.0
+        base.append(_hsv_to_rgb8(hue, 0.65, 0.95))
+        i += 1
+    return np.asarray(base[:n], dtype=np.uint8)
+
+
+def _hsv_to_rgb8(h: float, s: float, v: float) -> Tuple[int, int, int]:
+    k = [(5 + h * 6) % 6, (3 + h * 6) % 6, (1 + h * 6) % 6]
+    rgb = [v - v * s * max(0.0, min(kk, 4 - kk, 1.0)) for kk in k]
+    return tuple(int(round(c * 255)) for c in rgb)
+
+
+def colorize(class_ids: np.ndarray, pal: Optional[np.ndarray] = None,
+             num_classes: Optional[int] = None) -> np.ndarray:
+    """Map an H x W class-id image to H x W x 3 uint8 colours (ids past the palette wrap)."""
+    ids = np.asarray(class_ids)
+    if pal is None:
+        pal = palette(num_classes or max(int(ids.max(initial=0)) + 1, 1))
+    return pal[ids.astype(np.int64) % len(pal)]
+
+
+def overlay(rgb: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
+    """Blend a palette image over an RGB uint8 image: ``(1 - alpha) rgb + alpha color``."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f'overlay alpha must be in [0, 1], got {alpha}')
+    out = (1.0 - alpha) * rgb.astype(np.float32) + alpha * color.astype(np.float32)
+    return (out + 0.5).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry and files
+
+def resize(img: np.ndarray, size: Tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """Resize an H x W [x C] image to ``size = (width, height)`` (area/linear, or nearest)."""
+    import cv2
+    w, h = size
+    if nearest:
+        interp = cv2.INTER_NEAREST
+    elif w < img.shape[1] or h < img.shape[0]:
+        interp = cv2.INTER_AREA
+    else:
+        interp = cv2.INTER_LINEAR
+    out = cv2.resize(img, (int(w), int(h)), interpolation=interp)
+    if img.ndim == 3 and out.ndim == 2:
+        out = out[:, :, None]
+    return out
+
+
+def warp_homography(img: np.ndarray, homography: Sequence[float],
+                    size: Tuple[int, int]) -> np.ndarray:
+    """Warp ``img`` by a 3 x 3 homography (row-major, 9 numbers) into ``size = (w, h)``."""
+    import cv2
+    hm = np.asarray(homography, dtype=np.float64).reshape(3, 3)
+    if np.allclose(hm, np.eye(3)) and (img.shape[1], img.shape[0]) == tuple(size):
+        return img
+    return cv2.warpPerspective(img, hm, (int(size[0]), int(size[1])), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT)
+
+
+def read_image(path, mode: str = 'any') -> np.ndarray:
+    """Read an image file into NumPy: RGB order, bit depth kept (uint8 or uint16).
+
+    ``mode``: ``'any'`` keeps channels as stored, ``'gray'`` returns H x W (a colour file is
+    converted to luma), ``'rgb'`` returns H x W x 3. Raises FileNotFoundError or ValueError
+    naming the path when the file is missing or cannot be decoded.
+    """
+    import cv2
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'image file not found: {path}')
+    img = None
+    if path.lower().endswith(('.tif', '.tiff')):
+        try:
+            import tifffile
+            img = tifffile.imread(path)
+        except Exception:  # noqa: BLE001 - fall back to OpenCV's TIFF decoder
+            img = None
+    if img is None:
+        img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if img is not None and img.ndim == 3:
+            code = cv2.COLOR_BGRA2RGBA if img.shape[2] == 4 else cv2.COLOR_BGR2RGB
+            img = cv2.cvtColor(img, code)
+    if img is None or img.size == 0:
+        raise ValueError(f'cannot decode image file (corrupt or unsupported): {path}')
+    if img.dtype not in (np.uint8, np.uint16, np.float32):
+        raise ValueError(f'unsupported image dtype {img.dtype}: {path}')
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = img[:, :, :3]
+    if mode == 'gray' and img.ndim == 3:
+        if img.shape[2] == 1:
+            img = img[:, :, 0]
+        elif np.array_equal(img[:, :, 0], img[:, :, 1]) and np.array_equal(img[:, :, 1],
+                                                                          img[:, :, 2]):
+            img = img[:, :, 0]
+        else:
+            img = (rgb_to_gray(img.astype(np.float32)) + 0.5).astype(img.dtype)
+    elif mode == 'rgb' and img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    return img
+
+
+def write_image(path, img: np.ndarray) -> None:
+    """Write an RGB (H x W x 3) or mono uint8/uint16 image; PNG keeps 16 bits."""
+    import cv2
+    path = os.fspath(path)
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    d = os.path.dirname(path)
+    if d:
+        os.makedirs(d, exist_ok=True)
+    if not cv2.imwrite(path, img):
+        raise ValueError(f'cannot write image file: {path}')

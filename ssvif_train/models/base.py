@@ -1,0 +1,41 @@
+"""The fusion-model interface SSVIF trains: F = D o B with fused features exposed.
+
+Every fusion model takes ``(ir, vis)`` float tensors N x 3 x H x W in [0, 1] (the thermal image
+expanded to three channels, paper appendix B-B) and returns the fused RGB image N x 3 x H x W in
+[0, 1]. ``backbone`` produces the fused features (any structure the decoder needs, e.g. a list of
+skip tensors); ``seg_features`` picks the single tensor N x C x h x w the segmentation head H reads
+(``feature_channels`` = C). ``pad_multiple`` is the size divisor the model needs; callers pad with
+:func:`ssvif_ros.imaging.pad_to_multiple`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FusionModel(nn.Module):
+    """Base class of every registered fusion model."""
+
+    feature_channels: int = 0
+    pad_multiple: int = 1
+
+    def backbone(self, ir: torch.Tensor, vis: torch.Tensor):
+        """B(ir, vis) -> fused features."""
+        raise NotImplementedError
+
+    def decoder(self, feats) -> torch.Tensor:
+        """D(features) -> fused RGB N x 3 x H x W in [0, 1]."""
+        raise NotImplementedError
+
+    def seg_features(self, feats) -> torch.Tensor:
+        """The fused feature map N x C x h x w fed to the segmentation head."""
+        return feats
+
+    def forward_with_features(self, ir: torch.Tensor, vis: torch.Tensor):
+        """Return ``(fused, seg_features)`` from one backbone pass."""
+        feats = self.backbone(ir, vis)
+        return self.decoder(feats), self.seg_features(feats)
+
+    def forward(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        """F(ir, vis) = D(B(ir, vis)): the fused image."""
+        return self.decoder(self.backbone(ir, vis))

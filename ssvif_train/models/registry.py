@@ -1,0 +1,113 @@
+"""Model registry: ``create_model(name, **cfg)`` and self-describing checkpoints."""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict
+
+_REGISTRY: Dict[str, Callable] = {}
+
+
+def register(name: str):
+    """Class decorator adding a model constructor to the registry under ``name``."""
+    def deco(cls):
+        if name in _REGISTRY:
+            raise ValueError(f'model name {name!r} registered twice')
+        _REGISTRY[name] = cls
+        cls.registry_name = name
+        return cls
+    return deco
+
+
+def available_models():
+    """Sorted names of every registered model."""
+    _import_builtin()
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, **cfg):
+    """Build a registered model; the instance remembers ``name`` and ``cfg`` for checkpoints."""
+    _import_builtin()
+    if name not in _REGISTRY:
+        raise KeyError(f'unknown model {name!r}; available: {", ".join(sorted(_REGISTRY))}')
+    try:
+        model = _REGISTRY[name](**cfg)
+    except TypeError as exc:
+        raise TypeError(f'bad configuration for model {name!r}: {exc}') from exc
+    model.model_name = name
+    model.model_config = dict(cfg)
+    return model
+
+
+def model_record(model) -> dict:
+    """The part of a checkpoint that rebuilds ``model``: name, config and weights."""
+    return {'model_name': model.model_name, 'model_config': dict(model.model_config),
+            'state_dict': model.state_dict()}
+
+
+def model_from_record(record: dict):
+    """Rebuild a model saved with :func:`model_record` and load its weights."""
+    model = create_model(record['model_name'], **record['model_config'])
+    model.load_state_dict(record['state_dict'])
+    return model
+
+
+def save_model(path, model, extra: dict = None) -> None:
+    """Save a standalone model checkpoint atomically (temp file + rename)."""
+    import torch
+    rec = model_record(model)
+    if extra:
+        rec.update(extra)
+    atomic_torch_save(rec, path)
+
+
+def load_model(path, map_location='cpu'):
+    """Load a checkpoint written by :func:`save_model` or the trainer (``weights_only=True``).
+
+    Returns the fusion model in eval mode. Raises FileNotFoundError / ValueError naming the path.
+    """
+    import torch
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling/zip error is a corrupt file
+        raise ValueError(f'cannot read checkpoint {path}: {exc}') from exc
+    rec = ckpt.get('fusion', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(rec, dict) or 'model_name' not in rec:
+        raise ValueError(f'{path} is not an ssvif checkpoint (no model name/config inside)')
+    model = model_from_record(rec)
+    model.eval()
+    return model
+
+
+def atomic_torch_save(obj, path) -> None:
+    """``torch.save`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    import torch
+    path = os.fspath(path)
+    d = os.path.dirname(path) or '.'
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f'.{os.path.basename(path)}.tmp{os.getpid()}')
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+_BUILTIN_DONE = False
+
+
+def _import_builtin():
+    global _BUILTIN_DONE
+    if _BUILTIN_DONE:
+        return
+    _BUILTIN_DONE = True
+    import importlib
+    for mod in ('seafusion', 'swinfusion', 'rtfusion'):
+        try:
+            importlib.import_module(f'ssvif_train.models.{mod}')
+        except ModuleNotFoundError as exc:
+            if exc.name != f'ssvif_train.models.{mod}':
+                raise
