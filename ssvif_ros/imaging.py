@@ -402,8 +402,8 @@ def read_image(path, mode: str = 'any') -> np.ndarray:
     if mode == 'gray' and img.ndim == 3:
         if img.shape[2] == 1:
             img = img[:, :, 0]
-        elif np.array_equal(img[:, :, 0], img[:, :, 1]) and np.array_equal(img[:, :, 1],
-                                                                          img[:, :, 2]):
+        elif (np.array_equal(img[:, :, 0], img[:, :, 1])
+              and np.array_equal(img[:, :, 1], img[:, :, 2])):
             img = img[:, :, 0]
         else:
             img = (rgb_to_gray(img.astype(np.float32)) + 0.5).astype(img.dtype)

@@ -11,4 +11,4 @@
 * ``onnxruntime``: an exported ONNX model (CPU; CUDA / TensorRT execution providers if present);
 * ``tensorrt``: a serialized TensorRT engine.
 """
-from ssvif_ros.backends.base import Backend, BackendError, create_backend, BACKENDS  # noqa: F401
+from ssvif_ros.backends.base import Backend, BackendError, BACKENDS, create_backend  # noqa: F401

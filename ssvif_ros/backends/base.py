@@ -23,7 +23,7 @@ class Backend:
         self.model_info: Dict = {'name': self.name}
 
     def infer(self, vis: np.ndarray, ir: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """Fuse float32 H x W x 3 ``vis`` and ``ir`` -> (fused H x W x 3 float32, ids H x W uint8)."""
+        """Fuse float H x W x 3 ``vis`` and ``ir`` -> (fused float H x W x 3, ids uint8 H x W)."""
         raise NotImplementedError
 
     def describe(self) -> str:

@@ -53,7 +53,6 @@ def model_from_record(record: dict):
 
 def save_model(path, model, extra: dict = None) -> None:
     """Save a standalone model checkpoint atomically (temp file + rename)."""
-    import torch
     rec = model_record(model)
     if extra:
         rec.update(extra)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# SegFormer MiT presets (Xie et al. 2021, table 6); attention heads and reduction ratios are shared.
+# SegFormer MiT presets (Xie et al. 2021, table 6); heads and reduction ratios are shared.
 SEGFORMER_PRESETS = {
     'b0': dict(hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], decoder_hidden_size=256),
     'b1': dict(hidden_sizes=[64, 128, 320, 512], depths=[2, 2, 2, 2], decoder_hidden_size=256),

@@ -1,0 +1,261 @@
+"""Training configuration: dataclasses loaded from YAML; unknown keys are errors.
+
+``load_config(path, overrides)`` reads a YAML file whose top-level sections are the fields of
+:class:`Config`, then applies ``--set a.b=c`` overrides (values parsed as YAML scalars).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+import hashlib
+import json
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key at fault."""
+
+
+@dataclass
+class DataConfig:
+    """Where the pairs are and how they become training crops."""
+
+    root: str = ''               # dataset folder (MSRS or FMB layout); set by --data
+    vi: str = ''                 # explicit visible folder (with ir: "any two folders" layout)
+    ir: str = ''                 # explicit thermal folder
+    layout: str = 'auto'         # auto | msrs | fmb | folders
+    split: str = 'train'         # sub-folder of root to use when it has train/ test/ folders
+    crop: int = 160              # random square crop for training
+    val_crop: int = 0            # centre crop for validation (0 = full image)
+    val_fraction: float = 0.1    # deterministic 9:1 train/val split
+    seed: int = 0
+    resize: str = 'error'        # size mismatch policy: error | ir_to_vi | vi_to_ir
+    thermal_norm: str = 'auto'   # see ssvif_ros.imaging.ThermalNorm
+    thermal_lo: Optional[float] = None
+    thermal_hi: Optional[float] = None
+    thermal_p_lo: float = 1.0
+    thermal_p_hi: float = 99.0
+    max_pairs: int = 0           # use only the first N pairs (sorted by stem); 0 = all
+    cache: bool = True           # keep decoded files in memory
+    workers: int = 0             # DataLoader worker processes
+    three_channel: bool = True   # False: single-channel (Y) fusion ablation, colour re-attached
+
+
+@dataclass
+class ModelConfig:
+    """Fusion model F and the two segmentation branches H and S."""
+
+    name: str = 'seafusion'                       # registry name of the fusion model
+    args: Dict[str, Any] = field(default_factory=dict)
+    num_classes: int = 15                         # n (paper appendix B-A: 15)
+    head_hidden: int = 64                         # channels of H's 3x3 convs
+    segformer: str = 'b3'                         # S preset: b0 ... b5
+
+
+@dataclass
+class LossConfig:
+    """Fusion loss lambdas (paper appendix B-A) and the Dice smoothing term."""
+
+    lambda_int: float = 20.0
+    lambda_grad: float = 20.0
+    lambda_ssim: float = 10.0
+    lambda_color: float = 20.0
+    dice_eps: float = 1.0
+
+
+@dataclass
+class WeightingConfig:
+    """How omega_csc is set in stage II."""
+
+    method: str = 'gdwa'        # gdwa | fixed | dwa | ucw
+    fixed_omega: float = 0.1    # for method fixed
+    temperature: float = 2.0    # softmax temperature T (GDWA, DWA)
+    ucw_lr: float = 1e-3        # learning rate of UCW's log-variances
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, stages, stopping and logging."""
+
+    epochs: int = 110
+    batch_size: int = 10
+    lr: float = 1e-4
+    patience: int = 10            # early stopping on validation L_fusion (0 = off)
+    csc: bool = True              # False: no H, no S, fusion loss only (ablation iii)
+    two_stage: bool = True        # False: stage II from the first epoch (ablation iv)
+    stage1_max_epochs: int = 50   # cap on stage I length
+    steps_per_epoch: int = 0      # 0 = one pass over the training set
+    device: str = 'auto'          # auto | cpu | cuda | cuda:N
+    amp: bool = True              # mixed precision on CUDA (ignored on CPU)
+    threads: int = 0              # torch CPU threads (0 = torch default)
+    log_every: int = 1            # steps between CSV/TensorBoard step rows
+    val_metrics: List[str] = field(default_factory=lambda: ['EN', 'SD', 'SSIM', 'Qabf'])
+    val_metric_images: int = 4    # validation pairs scored with val_metrics per epoch
+    progress: bool = True         # tqdm progress bar
+
+
+@dataclass
+class Config:
+    """The whole training configuration."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain nested dict (YAML/JSON serializable)."""
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Short stable hash of the configuration."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_CHOICES = {
+    'data.layout': ('auto', 'msrs', 'fmb', 'folders'),
+    'data.resize': ('error', 'ir_to_vi', 'vi_to_ir'),
+    'data.thermal_norm': ('auto', 'scale', 'fixed', 'percentile'),
+    'model.segformer': ('b0', 'b1', 'b2', 'b3', 'b4', 'b5'),
+    'weighting.method': ('gdwa', 'fixed', 'dwa', 'ucw'),
+}
+
+
+def _build(cls, data: Dict[str, Any], prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f'{prefix or "config"} must be a mapping, got {type(data).__name__}')
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        names = ', '.join(f'{prefix}{k}' for k in unknown)
+        raise ConfigError(f'unknown configuration key(s): {names}; '
+                          f'valid keys under {prefix or "top level"}: {", ".join(known)}')
+    kwargs = {}
+    for name, value in data.items():
+        f = known[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
+            else f.default
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value or {}, f'{prefix}{name}.')
+        else:
+            kwargs[name] = _coerce(value, default, f'{prefix}{name}')
+    return cls(**kwargs)
+
+
+def _coerce(value, default, key):
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f'{key} must be true or false, got {value!r}')
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f'{key} must be an integer, got {value!r}')
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f'{key} must be a number, got {value!r}')
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f'{key} must be a string, got {value!r}')
+        return value
+    if isinstance(default, list):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(',') if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f'{key} must be a list, got {value!r}')
+        return value
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f'{key} must be a mapping, got {value!r}')
+        return value
+    return value
+
+
+def validate(cfg: Config) -> Config:
+    """Check value ranges and choices; raise ConfigError naming the key."""
+    flat = _flatten(cfg.to_dict())
+    for key, choices in _CHOICES.items():
+        if flat[key] not in choices:
+            raise ConfigError(f'{key} must be one of {choices}, got {flat[key]!r}')
+    positive = ('data.crop', 'train.epochs', 'train.batch_size', 'model.num_classes',
+                'model.head_hidden', 'train.log_every', 'train.stage1_max_epochs')
+    for key in positive:
+        if flat[key] < 1:
+            raise ConfigError(f'{key} must be >= 1, got {flat[key]}')
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise ConfigError(f'data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}')
+    if cfg.train.lr <= 0:
+        raise ConfigError(f'train.lr must be > 0, got {cfg.train.lr}')
+    if cfg.weighting.temperature <= 0:
+        raise ConfigError(f'weighting.temperature must be > 0, got {cfg.weighting.temperature}')
+    for key in ('lambda_int', 'lambda_grad', 'lambda_ssim', 'lambda_color', 'dice_eps'):
+        if getattr(cfg.loss, key) < 0:
+            raise ConfigError(f'loss.{key} must be >= 0')
+    return cfg
+
+
+def _flatten(d: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != 'args':
+            out.update(_flatten(v, f'{prefix}{k}.'))
+        else:
+            out[f'{prefix}{k}'] = v
+    return out
+
+
+def apply_override(data: Dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b=c`` override to a nested dict (value parsed as YAML)."""
+    if '=' not in assignment:
+        raise ConfigError(f'override {assignment!r} is not of the form key=value')
+    key, raw = assignment.split('=', 1)
+    key = key.strip()
+    parts = key.split('.')
+    if not key or any(not p for p in parts):
+        raise ConfigError(f'override {assignment!r} has an empty key')
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ''
+    except yaml.YAMLError as exc:
+        raise ConfigError(f'override {assignment!r}: value is not valid YAML: {exc}') from exc
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f'override {assignment!r}: {p} is not a section')
+    node[parts[-1]] = value
+
+
+def config_from_dict(data: Dict[str, Any], overrides: Sequence[str] = ()) -> Config:
+    """Build and validate a Config from a nested dict plus ``key=value`` overrides."""
+    data = json.loads(json.dumps(data or {}))  # deep copy, plain types
+    for ov in overrides:
+        apply_override(data, ov)
+    return validate(_build(Config, data, ''))
+
+
+def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config (``None`` = defaults), apply overrides, validate."""
+    data: Dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, encoding='utf-8') as f:
+                data = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f'config file not found: {path}') from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f'config file {path} is not valid YAML: {exc}') from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f'config file {path} must hold a mapping at top level')
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as exc:
+        if path:
+            raise ConfigError(f'{path}: {exc}') from exc
+        raise

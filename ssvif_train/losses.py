@@ -1,0 +1,115 @@
+"""SSVIF losses (paper section III-D). Every function returns unweighted, named terms.
+
+Fusion terms (inputs ``fused``, ``ir``, ``vis``: N x 3 x H x W in [0, 1]; ``ir`` is the thermal
+image repeated to three channels):
+
+* ``int``   = mean |I_f - max(I_ir, I_vis)| over pixels and channels (the 1/HW l1 of eq. 3,
+  averaged over the three channels);
+* ``grad``  = mean | |S(I_f)| - max(|S(I_ir)|, |S(I_vis)|) |, with |S(I)| = |G_x| + |G_y| from
+  unnormalized 3x3 Sobel kernels per channel (the SeAFusion/SwinFusion convention), replicate
+  border;
+* ``ssim``  = mean over j in {ir, vis} of (1 - SSIM(I_f, I_j)): pytorch-msssim, 11x11 Gaussian
+  window, sigma 1.5, data range 1, averaged over channels;
+* ``color`` = mean over c in {Cb, Cr} of mean |I_f^c - I_vis^c| (BT.601 YCbCr from
+  :mod:`ssvif_ros.imaging`).
+
+L_fusion = sum of lambda_k * term_k is formed by :func:`weighted_fusion` from the config's
+lambdas (paper: 20, 20, 10, 20).
+
+CSC terms (eqs. 4-6): both branches' logits are first brought to the input image resolution
+H x W by bilinear interpolation of the logits (align_corners=False): the pseudo label then lives
+where the fused image lives, and neither branch's detail is thrown away. Per pixel, the pseudo
+label is the arg-max class of the branch whose highest softmax probability is larger (ties go to
+S, eq. 4), computed without gradient. Each branch gets CE (mean over pixels) + Dice
+(1 - mean over the n classes of 2 sum p*y / (sum p + sum y + eps), sums over the batch).
+L_csc = (ce_a + dice_a + ce_b + dice_b) / 2 (eq. 6), see :func:`csc_total`.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as tf
+
+from ssvif_ros import imaging
+
+FUSION_TERMS = ('int', 'grad', 'ssim', 'color')
+
+
+def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """|G_x| + |G_y| of unnormalized 3x3 Sobel per channel; N x C x H x W -> N x C x H x W."""
+    import kornia
+    g = kornia.filters.spatial_gradient(x, mode='sobel', order=1, normalized=False)
+    return g[:, :, 0].abs() + g[:, :, 1].abs()  # g: N x C x 2 x H x W
+
+
+def fusion_terms(fused: torch.Tensor, ir: torch.Tensor,
+                 vis: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Unweighted fusion loss terms ``int``, ``grad``, ``ssim``, ``color`` (scalars)."""
+    from pytorch_msssim import ssim
+    target = torch.maximum(ir, vis)
+    l_int = (fused - target).abs().mean()
+    gf = sobel_magnitude(fused)
+    g_max = torch.maximum(sobel_magnitude(ir), sobel_magnitude(vis))
+    l_grad = (gf - g_max).abs().mean()
+    l_ssim = 0.5 * ((1.0 - ssim(fused, ir, data_range=1.0, size_average=True))
+                    + (1.0 - ssim(fused, vis, data_range=1.0, size_average=True)))
+    yf = imaging.rgb_to_ycbcr(fused, channel_axis=1)  # N x 3 x H x W
+    yv = imaging.rgb_to_ycbcr(vis, channel_axis=1)
+    l_color = (yf[:, 1:] - yv[:, 1:]).abs().mean()
+    return {'int': l_int, 'grad': l_grad, 'ssim': l_ssim, 'color': l_color}
+
+
+def weighted_fusion(terms: Dict[str, torch.Tensor], lambdas: Dict[str, float]) -> torch.Tensor:
+    """L_fusion = sum_k lambda_k * term_k (eq. 3)."""
+    return sum(float(lambdas[k]) * terms[k] for k in FUSION_TERMS)
+
+
+def fusion_lambdas(loss_cfg) -> Dict[str, float]:
+    """The lambdas of eq. 3 from a LossConfig."""
+    return {'int': loss_cfg.lambda_int, 'grad': loss_cfg.lambda_grad,
+            'ssim': loss_cfg.lambda_ssim, 'color': loss_cfg.lambda_color}
+
+
+def to_resolution(logits: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resize N x n x h x w logits to N x n x H x W (no-op when equal)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return tf.interpolate(logits, size=size, mode='bilinear', align_corners=False)
+
+
+def pseudo_label(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """Eq. 4: per pixel, arg-max of the more confident branch (ties -> B). N x H x W int64."""
+    with torch.no_grad():
+        pa, ca = logits_a.softmax(1).max(1)
+        pb, cb = logits_b.softmax(1).max(1)
+        return torch.where(pa > pb, ca, cb)
+
+
+def hybrid_terms(logits: torch.Tensor, label: torch.Tensor, eps: float) -> Tuple[torch.Tensor,
+                                                                                 torch.Tensor]:
+    """Eq. 5: (CE, Dice) of N x n x H x W logits against an N x H x W label."""
+    n = logits.shape[1]
+    ce = tf.cross_entropy(logits, label)
+    prob = logits.softmax(1)                                        # N x n x H x W
+    onehot = tf.one_hot(label, n).permute(0, 3, 1, 2).to(prob.dtype)  # N x n x H x W
+    inter = (prob * onehot).sum(dim=(0, 2, 3))                      # n
+    denom = prob.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3)) + eps
+    dice = 1.0 - (2.0 * inter / denom).mean()
+    return ce, dice
+
+
+def csc_terms(logits_a: torch.Tensor, logits_b: torch.Tensor, size: Tuple[int, int],
+              eps: float = 1.0) -> Dict[str, torch.Tensor]:
+    """Unweighted CSC terms ``ce_a``, ``dice_a``, ``ce_b``, ``dice_b`` at resolution ``size``."""
+    la = to_resolution(logits_a.float(), size)
+    lb = to_resolution(logits_b.float(), size)
+    label = pseudo_label(la, lb)
+    ce_a, dice_a = hybrid_terms(la, label, eps)
+    ce_b, dice_b = hybrid_terms(lb, label, eps)
+    return {'ce_a': ce_a, 'dice_a': dice_a, 'ce_b': ce_b, 'dice_b': dice_b}
+
+
+def csc_total(terms: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """Eq. 6: L_csc = (L_hyb(A) + L_hyb(B)) / 2."""
+    return 0.5 * (terms['ce_a'] + terms['dice_a'] + terms['ce_b'] + terms['dice_b'])

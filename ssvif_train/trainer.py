@@ -1,0 +1,539 @@
+"""SSVIF training loop: two stages, CSC, task weighting, logging, checkpoints, resume, DDP.
+
+Stage I trains only the fusion model F with L_fusion; after the first epoch whose mean L_fusion
+exceeds the previous epoch's (or ``train.stage1_max_epochs`` epochs) training switches to stage
+II, where F, the segmentation head H and SegFormer S train on L_fusion + omega_csc L_csc.
+
+Gradients: each step computes the fusion-task and CSC-task gradients separately
+(``torch.autograd.grad``), so GDWA gets the gradient norms on the shared fusion parameters, the
+logs get alpha_cf and cos(phi) (paper appendix C), and the update is a * g_fusion + b * g_csc
+with (a, b) from the weighting strategy: two backward passes, the same count as one backward of
+the total loss plus one for the norms. Under ``torchrun`` the modules are wrapped in
+DistributedDataParallel (parameter and buffer broadcast), and because DDP's reducer only hooks
+``loss.backward()``, the trainer all-reduces (averages) both task gradients itself before the
+norms are taken, so every rank computes the same weights and ends with identical parameters.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssvif_ros import imaging
+from ssvif_train import losses
+from ssvif_train.config import Config, config_from_dict
+from ssvif_train.data import build_datasets
+from ssvif_train.models.registry import atomic_torch_save, create_model, model_record
+from ssvif_train.models.segmentation import SegFormerSeg, SegHead
+from ssvif_train.weighting import create_weighting
+
+log = logging.getLogger('ssvif_train')
+
+CHECKPOINT_FORMAT = 'ssvif-train/1'
+STEP_FIELDS = ['global_step', 'epoch', 'stage', 'loss_total', 'loss_fusion', 'int', 'grad',
+               'ssim', 'color', 'loss_csc', 'ce_a', 'dice_a', 'ce_b', 'dice_b', 'omega_csc',
+               'g_a', 'g_b', 'r_a', 'r_b', 'alpha_cf', 'cos_phi', 'lr']
+EPOCH_FIELDS = ['epoch', 'stage', 'train_fusion', 'train_csc', 'val_fusion', 'omega_csc',
+                'g_a', 'g_b', 'r_a', 'r_b', 'alpha_cf', 'cos_phi', 'seconds']
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue; the message says why."""
+
+
+def should_switch(epoch_means: List[float], stage1_epochs: int, cap: int) -> bool:
+    """Stage I -> II rule: the last epoch's mean L_fusion rose, or the cap is reached."""
+    if stage1_epochs >= cap:
+        return True
+    return len(epoch_means) >= 2 and epoch_means[-1] > epoch_means[-2]
+
+
+class SSVIFNet(nn.Module):
+    """F, and in CSC mode H and S, as one module (one DDP wrapper, one state)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        args = dict(cfg.model.args)
+        if not cfg.data.three_channel:
+            args['channels'] = 1
+        self.three_channel = cfg.data.three_channel
+        self.fusion = create_model(cfg.model.name, **args)
+        self.head = None
+        self.seg = None
+        if cfg.train.csc:
+            self.head = SegHead(self.fusion.feature_channels, cfg.model.num_classes,
+                                cfg.model.head_hidden)
+            self.seg = SegFormerSeg(cfg.model.segformer, cfg.model.num_classes)
+
+    def fuse(self, ir: torch.Tensor, vis: torch.Tensor):
+        """Fused RGB N x 3 x H x W and seg features, padding to the model's multiple."""
+        h, w = vis.shape[-2:]
+        m = self.fusion.pad_multiple
+        if self.three_channel:
+            ir_in, vis_in = ir, vis
+        else:
+            ir_in = ir[:, :1]                                        # N x 1 x H x W
+            vis_in = imaging.rgb_to_gray(vis, channel_axis=1)[:, None]  # N x 1 x H x W
+        ir_p, pad = imaging.pad_to_multiple(ir_in, m)
+        vis_p, _ = imaging.pad_to_multiple(vis_in, m)
+        fused, feats = self.fusion.forward_with_features(ir_p, vis_p)
+        fused = imaging.unpad(fused, pad)[..., :h, :w]
+        if not self.three_channel:
+            # Single-channel ablation: the fused luma takes the visible image's chroma.
+            ycc = imaging.rgb_to_ycbcr(vis, channel_axis=1)
+            ycc = torch.cat([fused, ycc[:, 1:]], dim=1)
+            fused = imaging.ycbcr_to_rgb(ycc, channel_axis=1).clamp(0.0, 1.0)
+        return fused, feats
+
+    def forward(self, ir: torch.Tensor, vis: torch.Tensor, stage2: bool):
+        """Return (fused, logits_a or None, logits_b or None)."""
+        fused, feats = self.fuse(ir, vis)
+        if not stage2 or self.head is None:
+            return fused, None, None
+        return fused, self.head(feats), self.seg(fused)
+
+
+def _head_record(head: SegHead, cfg: Config) -> Optional[dict]:
+    if head is None:
+        return None
+    return {'in_channels': head.net[0].in_channels, 'num_classes': cfg.model.num_classes,
+            'hidden': cfg.model.head_hidden, 'state_dict': head.state_dict()}
+
+
+class Trainer:
+    """Runs one training job into ``out_dir``; see the module docstring."""
+
+    def __init__(self, cfg: Config, out_dir: str, resume: bool = False,
+                 overrides: tuple = ()):
+        self.out_dir = out_dir
+        self.rank, self.world = 0, 1
+        self.distributed = 'WORLD_SIZE' in os.environ and int(os.environ['WORLD_SIZE']) > 1
+        ckpt = None
+        last = os.path.join(out_dir, 'last.pt')
+        if resume:
+            if not os.path.isfile(last):
+                raise TrainingError(f'--resume: no checkpoint at {last}')
+            ckpt = torch.load(last, map_location='cpu', weights_only=True)
+            if ckpt.get('format') != CHECKPOINT_FORMAT:
+                raise TrainingError(f'{last} is not a training checkpoint of this version')
+            # The saved configuration wins; only command-line overrides apply on top.
+            cfg = config_from_dict(ckpt['config'], overrides)
+        self.cfg = cfg
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        self._init_distributed()
+        self.device = self._pick_device()
+        torch.manual_seed(cfg.data.seed)
+        self.train_ds, self.val_ds, self.report = build_datasets(cfg)
+        if len(self.train_ds) < 1:
+            raise TrainingError('the training split is empty')
+        self.net = SSVIFNet(cfg).to(self.device)
+        self.params_shared = [p for p in self.net.fusion.parameters() if p.requires_grad]
+        self.params_other = [p for m in (self.net.head, self.net.seg) if m is not None
+                             for p in m.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params_shared + self.params_other,
+                                          lr=cfg.train.lr)
+        self.weighting = create_weighting(cfg.weighting)
+        self.use_amp = cfg.train.amp and self.device.type == 'cuda'
+        self.scaler = torch.amp.GradScaler('cuda', enabled=self.use_amp)
+        self.model = self.net
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            ids = [self.device.index] if self.device.type == 'cuda' else None
+            self.model = DDP(self.net, device_ids=ids)
+        self.lambdas = losses.fusion_lambdas(cfg.loss)
+        self.epoch = 0
+        self.stage = 1 if (cfg.train.two_stage and cfg.train.csc) else 2
+        if not cfg.train.csc:
+            self.stage = 1
+        self.stage1_epochs = 0
+        self.stage1_means: List[float] = []
+        self.best_val = math.inf
+        self.bad_epochs = 0
+        self.global_step = 0
+        self.history: List[Dict] = []
+        if ckpt is not None:
+            self._restore(ckpt)
+        self.writer = None
+        if self.rank == 0:
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, 'config.json'), 'w', encoding='utf-8') as f:
+                json.dump(cfg.to_dict(), f, indent=2)
+            with open(os.path.join(out_dir, 'dataset.txt'), 'w', encoding='utf-8') as f:
+                f.write(self.report.summary() + '\n')
+                f.write(f'train {len(self.train_ds)} val {len(self.val_ds)}\n')
+
+    # ------------------------------------------------------------------ setup
+    def _init_distributed(self):
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+        backend = 'nccl' if torch.cuda.is_available() and self.cfg.train.device != 'cpu' \
+            else 'gloo'
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    def _pick_device(self) -> torch.device:
+        want = self.cfg.train.device
+        if want == 'auto':
+            want = 'cuda' if torch.cuda.is_available() else 'cpu'
+        if want.startswith('cuda'):
+            if not torch.cuda.is_available():
+                raise TrainingError(f'train.device={want} but CUDA is not available '
+                                    f'(torch {torch.__version__}); use train.device=cpu')
+            if want == 'cuda':
+                want = f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}'
+            torch.cuda.set_device(torch.device(want))
+        return torch.device(want)
+
+    def _restore(self, ckpt: dict):
+        self.net.fusion.load_state_dict(ckpt['fusion']['state_dict'])
+        if self.net.head is not None and ckpt.get('head'):
+            self.net.head.load_state_dict(ckpt['head']['state_dict'])
+        if self.net.seg is not None and ckpt.get('seg'):
+            self.net.seg.load_state_dict(ckpt['seg']['state_dict'])
+        self.optimizer.load_state_dict(ckpt['optimizer'])
+        self.weighting.load_state_dict(ckpt['weighting'])
+        if ckpt.get('scaler'):
+            self.scaler.load_state_dict(ckpt['scaler'])
+        st = ckpt['state']
+        self.epoch = st['epoch']
+        self.stage = st['stage']
+        self.stage1_epochs = st['stage1_epochs']
+        self.stage1_means = list(st['stage1_means'])
+        self.best_val = st['best_val']
+        self.bad_epochs = st['bad_epochs']
+        self.global_step = st['global_step']
+        self.history = list(ckpt.get('history', []))
+        torch.set_rng_state(ckpt['rng']['torch'])
+        if torch.cuda.is_available() and ckpt['rng'].get('cuda') is not None:
+            torch.cuda.set_rng_state_all(ckpt['rng']['cuda'])
+
+    def _loader(self, ds, train: bool):
+        from torch.utils.data import DataLoader
+        from torch.utils.data.distributed import DistributedSampler
+        bs = self.cfg.train.batch_size if (train or self.cfg.data.val_crop > 0) else 1
+        if self.distributed:
+            sampler = DistributedSampler(ds, num_replicas=self.world, rank=self.rank,
+                                         shuffle=train, seed=self.cfg.data.seed,
+                                         drop_last=train)
+            sampler.set_epoch(self.epoch)
+        elif train:
+            g = torch.Generator()
+            g.manual_seed(self.cfg.data.seed * 1000003 + self.epoch)
+            sampler = torch.utils.data.RandomSampler(ds, generator=g)
+        else:
+            sampler = torch.utils.data.SequentialSampler(ds)
+        n_local = len(ds) // self.world if train and self.distributed else len(ds)
+        drop = train and n_local >= bs
+        return DataLoader(ds, batch_size=bs, sampler=sampler, drop_last=drop,
+                          num_workers=self.cfg.data.workers,
+                          pin_memory=self.device.type == 'cuda')
+
+    # ------------------------------------------------------------------ step
+    def _allreduce(self, grads: List[Optional[torch.Tensor]], params) -> List[torch.Tensor]:
+        out = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+        if self.distributed:
+            import torch.distributed as dist
+            flat = torch.cat([g.reshape(-1) for g in out])
+            dist.all_reduce(flat)
+            flat /= self.world
+            out, i = [], 0
+            for p in params:
+                out.append(flat[i:i + p.numel()].view_as(p))
+                i += p.numel()
+        return out
+
+    def _mean_scalar(self, value: float) -> float:
+        if not self.distributed:
+            return value
+        import torch.distributed as dist
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t.item() / self.world)
+
+    def train_step(self, vis: torch.Tensor, ir: torch.Tensor) -> Dict[str, float]:
+        """One optimisation step on a batch; returns the logged scalars."""
+        stage2 = self.stage == 2
+        vis = vis.to(self.device, non_blocking=True)
+        ir = ir.to(self.device, non_blocking=True)
+        # DDP must not reduce on its own: the two task gradients are averaged in _allreduce.
+        nosync = self.model.no_sync() if self.distributed else contextlib.nullcontext()
+        with nosync, torch.autocast('cuda', dtype=torch.float16, enabled=self.use_amp):
+            fused, logits_a, logits_b = self.model(ir, vis, stage2)
+        fused = fused.float()
+        f_terms = losses.fusion_terms(fused, ir, vis)
+        l_fusion = losses.weighted_fusion(f_terms, self.lambdas)
+        scale = self.scaler.get_scale() if self.use_amp else 1.0
+        shared, other = self.params_shared, self.params_other
+        g_f = torch.autograd.grad(l_fusion * scale, shared, retain_graph=stage2,
+                                  allow_unused=True)
+        g_f = self._allreduce(list(g_f), shared)
+        row = {k: float(v.detach()) for k, v in f_terms.items()}
+        row['loss_fusion'] = self._mean_scalar(float(l_fusion.detach()))
+        norm_f = math.sqrt(sum(float(g.double().pow(2).sum()) for g in g_f)) / scale
+        if stage2:
+            c_terms = losses.csc_terms(logits_a, logits_b, tuple(vis.shape[-2:]),
+                                       self.cfg.loss.dice_eps)
+            l_csc = losses.csc_total(c_terms)
+            g_c = torch.autograd.grad(l_csc * scale, shared + other, allow_unused=True)
+            g_c = self._allreduce(list(g_c), shared + other)
+            gc_shared = g_c[:len(shared)]
+            norm_c = math.sqrt(sum(float(g.double().pow(2).sum()) for g in gc_shared)) / scale
+            dot = sum(float((a.double() * b.double()).sum()) for a, b in zip(g_f, gc_shared))
+            dot /= scale * scale
+            row.update({k: float(v.detach()) for k, v in c_terms.items()})
+            row['loss_csc'] = self._mean_scalar(float(l_csc.detach()))
+            a, b = self.weighting.step(norm_f, norm_c, row['loss_fusion'], row['loss_csc'])
+            for p, gf, gc in zip(shared, g_f, gc_shared):
+                p.grad = a * gf + b * gc
+            for p, gc in zip(other, g_c[len(shared):]):
+                p.grad = b * gc
+            row['alpha_cf'] = dot / (norm_f ** 2) if norm_f > 0 else math.nan
+            row['cos_phi'] = dot / (norm_f * norm_c) if norm_f > 0 and norm_c > 0 else math.nan
+            row['loss_total'] = a * row['loss_fusion'] + b * row['loss_csc']
+            row.update({'omega_csc': self.weighting.last['omega'], 'g_a': norm_f, 'g_b': norm_c,
+                        'r_a': self.weighting.last['r_a'], 'r_b': self.weighting.last['r_b']})
+        else:
+            for p, gf in zip(shared, g_f):
+                p.grad = gf
+            for p in other:
+                p.grad = None
+            row.update({'loss_total': row['loss_fusion'], 'g_a': norm_f, 'omega_csc': 0.0})
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return row
+
+    # ------------------------------------------------------------------ epochs
+    @torch.no_grad()
+    def validate(self) -> Dict[str, float]:
+        """Mean validation L_fusion (+ the configured metrics on the first few pairs)."""
+        if len(self.val_ds) == 0:
+            return {}
+        self.net.eval()
+        total, count = 0.0, 0
+        metric_rows = []
+        for i, (vis, ir) in enumerate(self._loader(self.val_ds, train=False)):
+            vis, ir = vis.to(self.device), ir.to(self.device)
+            fused, _ = self.net.fuse(ir, vis)
+            lf = losses.weighted_fusion(losses.fusion_terms(fused.float(), ir, vis),
+                                        self.lambdas)
+            total += float(lf) * vis.shape[0]
+            count += vis.shape[0]
+            if self.cfg.train.val_metrics and len(metric_rows) < self.cfg.train.val_metric_images:
+                metric_rows.extend(self._val_metrics(vis, ir, fused))
+        self.net.train()
+        out = {'val_fusion': total / max(count, 1)}
+        if metric_rows:
+            for k in metric_rows[0]:
+                out[f'val_{k}'] = float(np.mean([r[k] for r in metric_rows]))
+        return out
+
+    def _val_metrics(self, vis, ir, fused) -> List[Dict[str, float]]:
+        try:
+            from ssvif_ros import metrics
+        except ImportError:
+            return []
+        rows = []
+        for b in range(vis.shape[0]):
+            v = imaging.to_uint8(imaging.nchw_to_hwc(vis[b:b + 1]))
+            t = imaging.to_uint8(imaging.nchw_to_hwc(ir[b:b + 1]))[:, :, 0]
+            f = imaging.to_uint8(imaging.nchw_to_hwc(fused[b:b + 1]))
+            rows.append(metrics.validation_metrics(v, t, f, self.cfg.train.val_metrics))
+        return rows
+
+    def run(self) -> Dict:
+        """Train until ``train.epochs``, early stopping or the end; return the final summary."""
+        cfg = self.cfg
+        self._open_logs()
+        try:
+            while self.epoch < cfg.train.epochs:
+                if cfg.train.patience and self.bad_epochs >= cfg.train.patience:
+                    log.info('early stop: no validation improvement for %d epochs',
+                             self.bad_epochs)
+                    break
+                self._run_epoch()
+        finally:
+            self._close_logs()
+        if self.distributed:
+            self._check_ranks_in_sync()
+        return {'epoch': self.epoch, 'stage': self.stage, 'best_val': self.best_val,
+                'history': self.history}
+
+    def _check_ranks_in_sync(self):
+        """Gather a digest of every rank's parameters; write ranks.json; fail if they differ."""
+        import hashlib
+        import torch.distributed as dist
+        h = hashlib.sha256()
+        for t in list(self.net.state_dict().values()):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        digests = [None] * self.world
+        dist.all_gather_object(digests, h.hexdigest())
+        if self.rank == 0:
+            with open(os.path.join(self.out_dir, 'ranks.json'), 'w', encoding='utf-8') as f:
+                json.dump({'world_size': self.world, 'param_digests': digests}, f, indent=2)
+        dist.barrier()
+        dist.destroy_process_group()
+        if len(set(digests)) != 1:
+            raise TrainingError(f'ranks ended with different parameters: {digests}')
+
+    def _run_epoch(self):
+        cfg = self.cfg
+        t0 = time.time()
+        self.train_ds.set_epoch(self.epoch)
+        loader = self._loader(self.train_ds, train=True)
+        steps = len(loader)
+        if cfg.train.steps_per_epoch > 0:
+            steps = min(steps, cfg.train.steps_per_epoch)
+        bar = None
+        if cfg.train.progress and self.rank == 0:
+            from tqdm import tqdm
+            bar = tqdm(total=steps, desc=f'epoch {self.epoch + 1} stage {self.stage}',
+                       leave=False, dynamic_ncols=True)
+        sums: Dict[str, float] = {}
+        n = 0
+        self.net.train()
+        for i, (vis, ir) in enumerate(loader):
+            if i >= steps:
+                break
+            row = self.train_step(vis, ir)
+            self.global_step += 1
+            n += 1
+            for k, v in row.items():
+                if isinstance(v, float) and math.isfinite(v):
+                    sums[k] = sums.get(k, 0.0) + v
+            if self.global_step % cfg.train.log_every == 0:
+                self._log_step(row)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f'{row["loss_total"]:.3f}', omega=f'{row["omega_csc"]:.3f}')
+        if bar is not None:
+            bar.close()
+        if n == 0:
+            raise TrainingError('an epoch had no training step (dataset smaller than one batch?)')
+        means = {k: v / n for k, v in sums.items()}
+        val = self.validate()
+        stage_done = self.stage
+        if self.stage == 2:
+            self.weighting.epoch_end(means['loss_fusion'], means.get('loss_csc', 0.0))
+        else:
+            self.stage1_epochs += 1
+            self.stage1_means.append(means['loss_fusion'])
+            if cfg.train.csc and should_switch(self.stage1_means, self.stage1_epochs,
+                                               cfg.train.stage1_max_epochs):
+                log.info('switching to stage II after epoch %d', self.epoch + 1)
+                self.stage = 2
+        self.epoch += 1
+        monitor = val.get('val_fusion', means['loss_fusion'])
+        improved = monitor < self.best_val
+        if improved:
+            self.best_val, self.bad_epochs = monitor, 0
+        else:
+            self.bad_epochs += 1
+        erow = {'epoch': self.epoch, 'stage': stage_done, 'train_fusion': means['loss_fusion'],
+                'train_csc': means.get('loss_csc', math.nan),
+                'val_fusion': val.get('val_fusion', math.nan),
+                'omega_csc': means.get('omega_csc', 0.0), 'g_a': means.get('g_a', math.nan),
+                'g_b': means.get('g_b', math.nan), 'r_a': means.get('r_a', math.nan),
+                'r_b': means.get('r_b', math.nan), 'alpha_cf': means.get('alpha_cf', math.nan),
+                'cos_phi': means.get('cos_phi', math.nan), 'seconds': time.time() - t0}
+        erow.update({k: v for k, v in val.items() if k != 'val_fusion'})
+        self.history.append(erow)
+        self._log_epoch(erow)
+        if self.rank == 0:
+            self.save(os.path.join(self.out_dir, 'last.pt'))
+            if improved:
+                self.save(os.path.join(self.out_dir, 'best.pt'))
+        log.info('epoch %d stage %d: train L_fusion %.4f val %.4f omega %.4f',
+                 self.epoch, stage_done, means['loss_fusion'], erow['val_fusion'],
+                 erow['omega_csc'])
+
+    # ------------------------------------------------------------------ persistence
+    def checkpoint(self) -> dict:
+        """Everything needed to rebuild the models and continue exactly."""
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        return {
+            'format': CHECKPOINT_FORMAT,
+            'fusion': model_record(self.net.fusion),
+            'head': _head_record(self.net.head, self.cfg),
+            'seg': None if self.net.seg is None else {
+                'preset': self.cfg.model.segformer, 'num_classes': self.cfg.model.num_classes,
+                'state_dict': self.net.seg.state_dict()},
+            'config': self.cfg.to_dict(),
+            'config_digest': self.cfg.digest(),
+            'optimizer': self.optimizer.state_dict(),
+            'weighting': self.weighting.state_dict(),
+            'scaler': self.scaler.state_dict() if self.use_amp else None,
+            'state': {'epoch': self.epoch, 'stage': self.stage,
+                      'stage1_epochs': self.stage1_epochs, 'stage1_means': self.stage1_means,
+                      'best_val': self.best_val, 'bad_epochs': self.bad_epochs,
+                      'global_step': self.global_step},
+            'history': self.history,
+            'rng': {'torch': torch.get_rng_state(), 'cuda': cuda_rng},
+        }
+
+    def save(self, path: str) -> None:
+        """Write the checkpoint atomically."""
+        atomic_torch_save(self.checkpoint(), path)
+
+    # ------------------------------------------------------------------ logs
+    def _open_logs(self):
+        if self.rank != 0:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(os.path.join(self.out_dir, 'tb'), purge_step=self.global_step
+                                    if self.global_step else None)
+        self._step_csv = self._csv('steps.csv', STEP_FIELDS)
+        self._epoch_csv = self._csv('epochs.csv', None)
+
+    def _csv(self, name, fields):
+        path = os.path.join(self.out_dir, name)
+        return open(path, 'a' if self.global_step else 'w', newline='', encoding='utf-8')
+
+    def _log_step(self, row):
+        if self.rank != 0:
+            return
+        full = {'global_step': self.global_step, 'epoch': self.epoch + 1, 'stage': self.stage,
+                'lr': self.optimizer.param_groups[0]['lr']}
+        full.update(row)
+        w = csv.DictWriter(self._step_csv, STEP_FIELDS, extrasaction='ignore')
+        if self._step_csv.tell() == 0:
+            w.writeheader()
+        w.writerow({k: full.get(k, '') for k in STEP_FIELDS})
+        self._step_csv.flush()
+        for k, v in full.items():
+            if k not in ('global_step', 'epoch') and isinstance(v, (int, float)) \
+                    and math.isfinite(v):
+                self.writer.add_scalar(f'step/{k}', v, self.global_step)
+
+    def _log_epoch(self, row):
+        if self.rank != 0:
+            return
+        fields = EPOCH_FIELDS + sorted(k for k in row if k not in EPOCH_FIELDS)
+        w = csv.DictWriter(self._epoch_csv, fields, extrasaction='ignore')
+        if self._epoch_csv.tell() == 0:
+            w.writeheader()
+        w.writerow(row)
+        self._epoch_csv.flush()
+        for k, v in row.items():
+            if k != 'epoch' and isinstance(v, (int, float)) and math.isfinite(v):
+                self.writer.add_scalar(f'epoch/{k}', v, self.epoch)
+        self.writer.flush()
+
+    def _close_logs(self):
+        if self.rank == 0 and self.writer is not None:
+            self.writer.close()
+            self._step_csv.close()
+            self._epoch_csv.close()
+            self.writer = None

@@ -1,0 +1,47 @@
+"""Shared fixtures: where the real data lives, how to run the package's own Python."""
+import os
+from pathlib import Path
+import sys
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get('SSVIF_DATA', REPO.parent / 'shared' / 'data'))
+MSRS = DATA / 'msrs'
+VIFB = DATA / 'vifb'
+PYTHON = sys.executable
+
+
+def need(path: Path, what: str) -> Path:
+    """Skip the calling test with a clear reason when ``path`` is absent."""
+    if not path.exists():
+        pytest.skip(f'{what} not found at {path}: real data lives in ../shared/data beside the '
+                    'checkout (or set SSVIF_DATA); see the README')
+    return path
+
+
+@pytest.fixture
+def msrs_dir() -> Path:
+    """The MSRS sample (../shared/data/msrs), or skip."""
+    return need(MSRS, 'MSRS sample data')
+
+
+@pytest.fixture
+def vifb_dir() -> Path:
+    """The VIFB benchmark copy (../shared/data/vifb), or skip."""
+    return need(VIFB, 'VIFB benchmark data')
+
+
+@pytest.fixture
+def msrs_subset(tmp_path, msrs_dir):
+    """Factory: a folder in MSRS layout with links to the first ``n`` real train pairs."""
+    def make(n=8, split='train', name='msrs_subset'):
+        root = tmp_path / name
+        for sub in ('vi', 'ir'):
+            (root / sub).mkdir(parents=True)
+        stems = sorted(p.name for p in (msrs_dir / split / 'vi').iterdir())[:n]
+        for s in stems:
+            for sub in ('vi', 'ir'):
+                os.symlink(msrs_dir / split / sub / s, root / sub / s)
+        return root
+    return make
