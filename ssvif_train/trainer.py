@@ -371,6 +371,18 @@ class Trainer:
         return {'epoch': self.epoch, 'stage': self.stage, 'best_val': self.best_val,
                 'history': self.history}
 
+    def _sync_buffers(self):
+        """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+        DDP broadcasts buffers at the start of each forward, so after the last step of an epoch
+        each rank holds statistics of its own last batch; validation and checkpoints use rank 0's.
+        """
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+        for b in self.net.buffers():
+            dist.broadcast(b.data, src=0)
+
     def _check_ranks_in_sync(self):
         """Gather a digest of every rank's parameters; write ranks.json; fail if they differ."""
         import hashlib
@@ -423,6 +435,7 @@ class Trainer:
         if n == 0:
             raise TrainingError('an epoch had no training step (dataset smaller than one batch?)')
         means = {k: v / n for k, v in sums.items()}
+        self._sync_buffers()
         val = self.validate()
         stage_done = self.stage
         if self.stage == 2:

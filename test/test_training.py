@@ -1,0 +1,142 @@
+"""End-to-end SSVIF training on real MSRS pairs (CPU): stages, logs, checkpoints, resume, DDP."""
+import csv
+import json
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from ssvif_ros import imaging
+from ssvif_train.cli import main as train_main
+from ssvif_train.config import load_config
+from ssvif_train.models.registry import load_model
+from ssvif_train.trainer import should_switch, Trainer
+
+SMALL = ['data.crop=48', 'data.val_crop=64', 'train.batch_size=2', 'train.steps_per_epoch=2',
+         'train.progress=false', 'train.val_metric_images=1', 'train.threads=1']
+
+
+def read_csv(path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def test_stage_switch_rule():
+    assert not should_switch([5.0], 1, cap=50)
+    assert not should_switch([5.0, 4.0, 3.0], 3, cap=50)
+    assert should_switch([5.0, 4.0, 4.5], 3, cap=50)        # first rise
+    assert should_switch([5.0, 4.0], 2, cap=2)              # cap reached
+    assert not should_switch([5.0, 5.0], 2, cap=50)         # equal is not a rise
+
+
+def test_two_epochs_on_real_msrs_reach_stage_two_and_reload(msrs_subset, tmp_path):
+    data = msrs_subset(8)
+    out = tmp_path / 'run'
+    rc = train_main(['--data', str(data), '--out', str(out), '--set', 'model.name=seafusion',
+                     '--set', 'model.segformer=b3', '--set', 'train.epochs=2',
+                     '--set', 'train.stage1_max_epochs=1']
+                    + [a for s in SMALL for a in ('--set', s)])
+    assert rc == 0
+    epochs = read_csv(out / 'epochs.csv')
+    assert [r['stage'] for r in epochs] == ['1', '2']
+    steps = read_csv(out / 'steps.csv')
+    assert len(steps) == 4
+    s2 = [r for r in steps if r['stage'] == '2']
+    for key in ('loss_csc', 'ce_a', 'dice_a', 'ce_b', 'dice_b', 'omega_csc', 'g_a', 'g_b',
+                'r_a', 'r_b', 'alpha_cf', 'cos_phi'):
+        assert all(np.isfinite(float(r[key])) for r in s2), key
+    assert all(float(r['omega_csc']) > 0 for r in s2)
+    for key in ('int', 'grad', 'ssim', 'color'):
+        assert float(steps[0][key]) > 0
+    assert any(p.name.startswith('events.out.tfevents') for p in (out / 'tb').iterdir())
+    ckpt = torch.load(out / 'last.pt', weights_only=True)
+    assert ckpt['state']['stage'] == 2 and ckpt['head'] is not None
+    assert ckpt['seg']['preset'] == 'b3'
+    # a checkpoint rebuilds its own model and gives identical outputs on a real full image
+    model = load_model(out / 'last.pt')
+    vis = imaging.read_image(data / 'vi' / sorted(os.listdir(data / 'vi'))[0], mode='rgb')
+    ir = imaging.read_image(data / 'ir' / sorted(os.listdir(data / 'ir'))[0], mode='gray')
+    v, t = imaging.preprocess_pair(vis, ir)
+    vt, it = imaging.hwc_to_nchw(v)[:, :, :96, :128], imaging.hwc_to_nchw(t)[:, :, :96, :128]
+    cfg = load_config(str(out / 'config.json'))
+    trainer = Trainer(cfg, str(out), resume=True)
+    trainer.net.eval()
+    with torch.no_grad():
+        a = model(it, vt)
+        b = trainer.net.fusion(it, vt)
+    assert torch.equal(a, b)
+    assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+
+
+def test_resume_continues_exactly(msrs_subset, tmp_path):
+    data = msrs_subset(6)
+    common = ['--data', str(data), '--set', 'model.name=seafusion',
+              '--set', 'model.args={widths: [8, 8, 8]}', '--set', 'model.segformer=b0',
+              '--set', 'train.stage1_max_epochs=1'] + [a for s in SMALL for a in ('--set', s)]
+    assert train_main(common + ['--out', str(tmp_path / 'a'), '--set', 'train.epochs=3']) == 0
+    assert train_main(common + ['--out', str(tmp_path / 'b'), '--set', 'train.epochs=2']) == 0
+    assert train_main(common + ['--out', str(tmp_path / 'b'), '--resume',
+                                '--set', 'train.epochs=3']) == 0
+    a = torch.load(tmp_path / 'a' / 'last.pt', weights_only=True)
+    b = torch.load(tmp_path / 'b' / 'last.pt', weights_only=True)
+    for part in ('fusion', 'head', 'seg'):
+        sa, sb = a[part]['state_dict'], b[part]['state_dict']
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), part
+    assert a['weighting'] == b['weighting'] or json.dumps(a['weighting'], default=str) == \
+        json.dumps(b['weighting'], default=str)
+    assert len(read_csv(tmp_path / 'b' / 'epochs.csv')) == 3
+
+
+def test_ablation_switches(msrs_subset, tmp_path):
+    data = msrs_subset(4)
+    base = ['--data', str(data), '--set', 'model.name=seafusion', '--set', 'train.epochs=1',
+            '--set', 'model.args={widths: [8, 8, 8]}', '--set', 'model.segformer=b0',
+            '--set', 'data.val_fraction=0'] + [a for s in SMALL for a in ('--set', s)]
+    # no CSC: no H, no S, fusion loss only
+    assert train_main(base + ['--out', str(tmp_path / 'nocsc'), '--set', 'train.csc=false']) == 0
+    ck = torch.load(tmp_path / 'nocsc' / 'last.pt', weights_only=True)
+    assert ck['head'] is None and ck['seg'] is None
+    # one stage: CSC from the first epoch, with 9 classes
+    assert train_main(base + ['--out', str(tmp_path / 'one'), '--set', 'train.two_stage=false',
+                              '--set', 'model.num_classes=9']) == 0
+    rows = read_csv(tmp_path / 'one' / 'steps.csv')
+    assert rows[0]['stage'] == '2' and float(rows[0]['omega_csc']) > 0
+    ck = torch.load(tmp_path / 'one' / 'last.pt', weights_only=True)
+    assert ck['head']['num_classes'] == 9
+    # single-channel fusion: the model sees one channel, colour comes from the visible image
+    assert train_main(base + ['--out', str(tmp_path / 'y'), '--set', 'data.three_channel=false',
+                              '--set', 'weighting.method=ucw']) == 0
+    ck = torch.load(tmp_path / 'y' / 'last.pt', weights_only=True)
+    assert ck['fusion']['model_config']['channels'] == 1
+
+
+def test_cli_reports_bad_input_clearly(tmp_path, capsys):
+    assert train_main(['--data', str(tmp_path / 'none'), '--out', str(tmp_path / 'o')]) == 2
+    assert 'dataset folder not found' in capsys.readouterr().err
+    assert train_main(['--out', str(tmp_path / 'o'), '--set', 'train.epochz=1']) == 2
+    assert 'train.epochz' in capsys.readouterr().err
+    assert train_main(['--out', str(tmp_path / 'o2'), '--resume']) == 2
+    assert 'no checkpoint' in capsys.readouterr().err
+
+
+def test_torchrun_two_ranks_end_with_identical_weights(msrs_subset, tmp_path):
+    data = msrs_subset(8)
+    out = tmp_path / 'ddp'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           '-m', 'ssvif_train.cli', '--data', str(data), '--out', str(out),
+           '--set', 'model.name=seafusion', '--set', 'model.args={widths: [8, 8, 8]}',
+           '--set', 'model.segformer=b0', '--set', 'train.epochs=2',
+           '--set', 'train.stage1_max_epochs=1'] + [a for s in SMALL for a in ('--set', s)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0, res.stderr[-3000:]
+    ranks = json.loads((out / 'ranks.json').read_text())
+    assert ranks['world_size'] == 2
+    assert ranks['param_digests'][0] == ranks['param_digests'][1]
+    rows = read_csv(out / 'epochs.csv')
+    assert [r['stage'] for r in rows] == ['1', '2']
