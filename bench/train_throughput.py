@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Training steps/s on CPU (160x160 crops, batch 10) for three SSVIF set-ups, in one run.
+
+1. light CNN (SeAFusion-style) alone: stage I / no CSC;
+2. light CNN + segmentation head H + SegFormer-B0 (stage II, GDWA);
+3. light CNN + H + SegFormer-B3 (stage II, GDWA; the paper's set-up).
+
+Reads MSRS pairs from ../shared/data/msrs (or SSVIF_DATA); without it, a synthetic set of
+random pairs is written to a temporary folder. Compare numbers across changes as ratios to
+row 1 of the same run, never as absolute times.
+
+    .venv/bin/python bench/train_throughput.py [--steps 5] [--threads 2] [--model seafusion]
+"""
+import argparse
+import os
+from pathlib import Path
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def data_root(tmp: str) -> str:
+    """The MSRS train folder, or a synthetic set of 20 pairs written to ``tmp``."""
+    msrs = Path(os.environ.get('SSVIF_DATA', REPO.parent / 'shared' / 'data')) / 'msrs'
+    if (msrs / 'train' / 'vi').is_dir():
+        return str(msrs / 'train')
+    from ssvif_ros import imaging
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        imaging.write_image(f'{tmp}/vi/{i:03d}.png', rng.integers(0, 255, (240, 320, 3),
+                                                                  np.uint8))
+        imaging.write_image(f'{tmp}/ir/{i:03d}.png', rng.integers(0, 255, (240, 320), np.uint8))
+    print('(MSRS not found: synthetic pairs)')
+    return tmp
+
+
+def measure(root: str, out: str, overrides, steps: int, stage: int) -> float:
+    """Steps per second of Trainer.train_step after one warm-up step."""
+    from ssvif_train.config import load_config
+    from ssvif_train.trainer import Trainer
+    cfg = load_config(None, [f'data.root={root}', 'train.progress=false'] + overrides)
+    tr = Trainer(cfg, out)
+    tr.stage = stage
+    batches = []
+    for vis, ir in tr._loader(tr.train_ds, train=True):
+        batches.append((vis, ir))
+        if len(batches) == steps + 1:
+            break
+    tr.train_step(*batches[0])
+    t0 = time.perf_counter()
+    for vis, ir in batches[1:]:
+        tr.train_step(vis, ir)
+    return len(batches[1:]) / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> int:
+    """Run the three set-ups and print a table with ratios."""
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--steps', type=int, default=5, help='timed steps per set-up')
+    ap.add_argument('--threads', type=int, default=2, help='torch CPU threads')
+    ap.add_argument('--model', default='seafusion', help='fusion model registry name')
+    ap.add_argument('--batch', type=int, default=10)
+    ap.add_argument('--crop', type=int, default=160)
+    args = ap.parse_args(argv)
+    import torch
+    torch.set_num_threads(args.threads)
+    common = [f'model.name={args.model}', f'train.batch_size={args.batch}',
+              f'data.crop={args.crop}', 'data.val_fraction=0']
+    setups = [('light CNN alone', ['train.csc=false'], 1),
+              ('light CNN + H + SegFormer-B0', ['model.segformer=b0'], 2),
+              ('light CNN + H + SegFormer-B3', ['model.segformer=b3'], 2)]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = data_root(tmp)
+        rows = []
+        for name, ov, stage in setups:
+            sps = measure(root, os.path.join(tmp, 'run'), common + ov, args.steps, stage)
+            rows.append((name, sps))
+            print(f'  {name:32s} {sps:7.3f} steps/s', flush=True)
+    base = rows[0][1]
+    print(f'\nCPU, {args.threads} threads, batch {args.batch}, {args.crop}x{args.crop} crops, '
+          f'{args.steps} timed steps, torch {torch.__version__}')
+    print('| set-up | steps/s | samples/s | ratio to light CNN |')
+    print('|---|---|---|---|')
+    for name, sps in rows:
+        print(f'| {name} | {sps:.3f} | {sps * args.batch:.2f} | {sps / base:.3f} |')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
