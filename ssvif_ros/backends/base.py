@@ -102,3 +102,77 @@ def create_backend(name: str, model: Optional[str] = None, threads: int = 2,
                            'which is not installed') from exc
     except (FileNotFoundError, ValueError) as exc:
         raise BackendError(f'backend {name!r} cannot load model {model!r}: {exc}') from exc
+
+
+class GraphBackend(Backend):
+    """Shared pre/post-processing of every model backend (torch, ONNX Runtime, TensorRT).
+
+    Pads both inputs to the model's multiple (:func:`imaging.pad_to_multiple`), converts them to
+    1 x 3 x H x W, calls :meth:`run`, and crops the outputs back, so every backend sees and
+    returns exactly the same tensors.
+    """
+
+    def __init__(self, card: Dict):
+        super().__init__()
+        self.card = card
+        self.pad_multiple = int(card.get('pad_multiple', 1))
+        self.num_classes = int(card.get('num_classes', 1))
+        self.class_names = tuple(card.get('class_names') or imaging.class_names(self.num_classes))
+        self.model_info = {'name': card.get('model', {}).get('name', '?'),
+                           'onnx_sha256': card.get('onnx_sha256', ''),
+                           'num_classes': self.num_classes}
+
+    def run(self, vis: np.ndarray, ir: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """1 x 3 x H x W float32 inputs -> (fused 1 x 3 x H x W, class ids 1 x H x W)."""
+        raise NotImplementedError
+
+    def infer(self, vis, ir):
+        """Pad, run the graph, crop: float H x W x 3 pair -> (fused float, ids uint8)."""
+        v, pad = imaging.pad_to_multiple(np.asarray(vis, np.float32), self.pad_multiple)
+        t, _ = imaging.pad_to_multiple(np.asarray(ir, np.float32), self.pad_multiple)
+        v = np.ascontiguousarray(v.transpose(2, 0, 1))[None]  # 1 x 3 x H' x W'
+        t = np.ascontiguousarray(t.transpose(2, 0, 1))[None]
+        fused, ids = self.run(v, t)
+        fused = imaging.unpad(np.asarray(fused[0], np.float32).transpose(1, 2, 0), pad)
+        ids = imaging.unpad(np.asarray(ids[0]).astype(np.uint8, copy=False), pad)
+        return fused, ids
+
+
+def resolve_model(model: Optional[str], kind: str) -> Tuple[str, Dict]:
+    """Find the file of ``kind`` ('onnx', 'pt', 'engine') for a model dir or file; load its card.
+
+    ``model`` None or '' means the embedded default model. Returns (file path, card dict).
+    """
+    import os
+    if not model:
+        from ssvif_ros.models import default_model_dir
+        model = default_model_dir()
+    if os.path.isdir(model):
+        folder = model
+        card_path = os.path.join(folder, 'model.json')
+        if not os.path.isfile(card_path):
+            raise FileNotFoundError(f'model folder {folder} has no model.json')
+        card = _read_card(card_path)
+        name = {'onnx': card.get('onnx', 'model.onnx'),
+                'pt': card.get('checkpoint_file', 'model.pt'),
+                'engine': card.get('onnx', 'model.onnx')}[kind]
+        path = os.path.join(folder, name)
+    else:
+        path = model
+        card_path = os.path.join(os.path.dirname(path) or '.', 'model.json')
+        card = _read_card(card_path) if os.path.isfile(card_path) else {}
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'model file not found: {path}')
+    return path, card
+
+
+def _read_card(path: str) -> Dict:
+    import json
+    try:
+        with open(path, encoding='utf-8') as f:
+            card = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f'cannot read model card {path}: {exc}') from exc
+    if not isinstance(card, dict):
+        raise ValueError(f'model card {path} is not a JSON object')
+    return card

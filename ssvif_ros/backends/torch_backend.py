@@ -1,0 +1,40 @@
+"""PyTorch backend: the F + H graph straight from a training checkpoint (imports torch)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from ssvif_ros.backends.base import BackendError, GraphBackend, resolve_model
+
+
+class TorchBackend(GraphBackend):
+    """Runs :class:`ssvif_train.deploy.FusionSegGraph` from a checkpoint (cpu or cuda)."""
+
+    name = 'torch'
+
+    def __init__(self, model: Optional[str], threads: int = 2, device: Optional[str] = None):
+        import torch
+        from ssvif_train.deploy import load_graph
+        path, card = resolve_model(model, 'pt')
+        graph, info = load_graph(path, card.get('seg_upsample', 'bilinear'))
+        n = graph.num_classes
+        card = dict(card) or {}
+        card.setdefault('pad_multiple', graph.pad_multiple)
+        card.setdefault('num_classes', n)
+        card.setdefault('model', {'name': info['model_name']})
+        super().__init__(card)
+        self.device = torch.device(device or 'cpu')
+        if self.device.type == 'cuda' and not torch.cuda.is_available():
+            raise BackendError('torch backend: device cuda requested but CUDA is not available')
+        if self.device.type == 'cpu':
+            torch.set_num_threads(int(threads))
+        self.torch = torch
+        self.graph = graph.to(self.device)
+        self.model_info['file'] = path
+
+    def run(self, vis, ir):
+        """Run the graph without gradients on 1 x 3 x H x W inputs."""
+        torch = self.torch
+        with torch.inference_mode():
+            fused, ids = self.graph(torch.from_numpy(vis).to(self.device),
+                                    torch.from_numpy(ir).to(self.device))
+        return fused.cpu().numpy(), ids.cpu().numpy()

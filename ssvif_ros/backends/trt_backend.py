@@ -1,0 +1,34 @@
+"""TensorRT backend: a serialized engine built from the model's ONNX (needs TensorRT + CUDA)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from ssvif_ros.backends.base import BackendError, GraphBackend, resolve_model
+
+
+class TensorRTBackend(GraphBackend):
+    """Runs an engine file, or builds/reuses the cached engine of a model folder's ONNX."""
+
+    name = 'tensorrt'
+
+    def __init__(self, model: Optional[str], device: Optional[str] = None, fp16: bool = False):
+        from ssvif_ros import trt_engine
+        try:
+            trt_engine._import_trt()
+            trt_engine._check_cuda()
+        except trt_engine.TensorRTUnavailable as exc:
+            raise BackendError(f'tensorrt backend unavailable: {exc}') from exc
+        if model and model.endswith('.engine'):
+            path, card = resolve_model(model, 'engine')
+        else:
+            onnx_path, card = resolve_model(model, 'engine')
+            path = trt_engine.build_engine(onnx_path, fp16=fp16,
+                                           pad_multiple=int(card.get('pad_multiple', 8)))
+        super().__init__(card)
+        self.runner = trt_engine.EngineRunner(path, device)
+        self.model_info['file'] = path
+
+    def run(self, vis, ir):
+        """Execute the engine on 1 x 3 x H x W inputs."""
+        out = self.runner.run(vis, ir)
+        return out['fused'], out['class_ids']

@@ -1,0 +1,193 @@
+"""``ssvif-export CHECKPOINT --out DIR [--opset N] [--engine] [--fp16]``.
+
+Writes ``DIR/model.onnx`` (F + H, see :mod:`ssvif_train.deploy`; dynamic N, H, W) and
+``DIR/model.json`` (the model card: tensor names and shapes, class names and palette, the
+normalization, the pad multiple, the source checkpoint and config hash, the ONNX Runtime parity
+measured right after export). With ``--engine`` it then builds a TensorRT engine beside the ONNX
+(:mod:`ssvif_ros.trt_engine`); where TensorRT or CUDA is missing that step fails with a clear
+message and exit code 3, and the ONNX and card already written stay.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import sys
+from typing import Optional
+
+import numpy as np
+
+from ssvif_ros import imaging
+
+CARD_FORMAT = 'ssvif-model/1'
+INPUT_NAMES = ['vis', 'ir']
+
+
+def _export_onnx(graph, path: str, opset: int, probe_hw) -> None:
+    import torch
+    h, w = probe_hw
+    vis = torch.rand(1, 3, h, w)
+    ir = torch.rand(1, 3, h, w)
+    outputs = ['fused', 'class_ids'] + (['logits'] if graph.with_logits else [])
+    dyn = {'vis': {0: 'N', 2: 'H', 3: 'W'}, 'ir': {0: 'N', 2: 'H', 3: 'W'},
+           'fused': {0: 'N', 2: 'H', 3: 'W'}, 'class_ids': {0: 'N', 1: 'H', 2: 'W'}}
+    if graph.with_logits:
+        dyn['logits'] = {0: 'N', 2: 'h', 3: 'w'}
+    tmp = path + '.tmp'
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(graph, (vis, ir), tmp, input_names=INPUT_NAMES,
+                          output_names=outputs, dynamic_axes=dyn, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
+    import onnx
+    model = onnx.load(tmp)
+    onnx.checker.check_model(model, full_check=True)
+    os.replace(tmp, path)
+
+
+def parity(graph, onnx_path: str, vis: np.ndarray, ir: np.ndarray) -> dict:
+    """Run torch and ONNX Runtime on one float pair (H x W x 3 each); compare the outputs."""
+    import onnxruntime as ort
+    import torch
+    v, pad = imaging.pad_to_multiple(vis, graph.pad_multiple)
+    t, _ = imaging.pad_to_multiple(ir, graph.pad_multiple)
+    vt, it = imaging.hwc_to_nchw(v), imaging.hwc_to_nchw(t)
+    with torch.no_grad():
+        ref = graph(vt, it)
+    sess = ort.InferenceSession(onnx_path, providers=['CPUExecutionProvider'])
+    out = sess.run(None, {'vis': vt.numpy(), 'ir': it.numpy()})
+    fused_diff = float(np.abs(out[0] - ref[0].numpy()).max())
+    same = float((out[1] == ref[1].numpy()).mean())
+    return {'fused_max_abs_diff': fused_diff, 'class_ids_agreement': same,
+            'size': [int(vis.shape[1]), int(vis.shape[0])]}
+
+
+def model_card(graph, info: dict, onnx_path: str, opset: int, seg_upsample: str,
+               parity_result: Optional[dict]) -> dict:
+    """The JSON model card written beside the ONNX file."""
+    from ssvif_train.deploy import file_sha256
+    cfg = info.get('config') or {}
+    data = cfg.get('data', {})
+    n = graph.num_classes
+    names = list(imaging.class_names(n))
+    outputs = {'fused': {'shape': ['N', 3, 'H', 'W'], 'dtype': 'float32', 'range': [0, 1]},
+               'class_ids': {'shape': ['N', 'H', 'W'], 'dtype': 'uint8', 'range': [0, n - 1]}}
+    if graph.with_logits:
+        outputs['logits'] = {'shape': ['N', n, 'h', 'w'], 'dtype': 'float32'}
+    import onnx
+    import torch
+    return {
+        'format': CARD_FORMAT,
+        'onnx': os.path.basename(onnx_path),
+        'onnx_sha256': file_sha256(onnx_path),
+        'opset': opset,
+        'inputs': {k: {'shape': ['N', 3, 'H', 'W'], 'dtype': 'float32', 'range': [0, 1]}
+                   for k in INPUT_NAMES},
+        'outputs': outputs,
+        'pad_multiple': graph.pad_multiple,
+        'seg_upsample': seg_upsample,
+        'num_classes': n,
+        'class_names': names,
+        'palette': imaging.palette(n).tolist(),
+        'normalization': {
+            'visible': 'RGB, uint8 / 255 (uint16 / 65535), mono repeated to 3 channels',
+            'thermal': {'method': data.get('thermal_norm', 'auto'),
+                        'lo': data.get('thermal_lo'), 'hi': data.get('thermal_hi'),
+                        'p_lo': data.get('thermal_p_lo', 1.0),
+                        'p_hi': data.get('thermal_p_hi', 99.0),
+                        'channels': 'repeated to 3'},
+            'color_space': 'BT.601 full-range YCbCr (ssvif_ros.imaging)',
+            'padding': 'reflect at bottom/right to a multiple of pad_multiple, cropped after',
+        },
+        'model': {'name': info['model_name'], 'config': info['model_config']},
+        'source': {'checkpoint': os.path.basename(info['checkpoint']),
+                   'checkpoint_sha256': info['checkpoint_sha256'],
+                   'config_digest': info['config_digest'], 'epoch': info['epoch']},
+        'parity': parity_result,
+        'exported': {'torch': torch.__version__, 'onnx': onnx.__version__,
+                     'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
+                         timespec='seconds')},
+    }
+
+
+def export(checkpoint: str, out_dir: str, opset: int = 17, seg_upsample: str = 'bilinear',
+           with_logits: bool = False, probe: Optional[tuple] = None,
+           copy_checkpoint: bool = False) -> dict:
+    """Export ``checkpoint`` into ``out_dir``; return the model card (also written as JSON).
+
+    ``probe``: an optional (vis float H x W x 3, ir float H x W x 3) pair for the parity check;
+    a deterministic random pair of 96 x 128 is used otherwise.
+    """
+    from ssvif_train.deploy import load_graph
+    graph, info = load_graph(checkpoint, seg_upsample, with_logits)
+    os.makedirs(out_dir, exist_ok=True)
+    onnx_path = os.path.join(out_dir, 'model.onnx')
+    m = graph.pad_multiple
+    _export_onnx(graph, onnx_path, opset, (-(-64 // m) * m, -(-96 // m) * m))
+    if probe is None:
+        rng = np.random.default_rng(0)
+        probe = (rng.random((96, 128, 3), dtype=np.float32),
+                 np.repeat(rng.random((96, 128, 1), dtype=np.float32), 3, axis=2))
+    par = parity(graph, onnx_path, *probe)
+    card = model_card(graph, info, onnx_path, opset, seg_upsample, par)
+    if copy_checkpoint:
+        shutil.copyfile(checkpoint, os.path.join(out_dir, 'model.pt'))
+        card['checkpoint_file'] = 'model.pt'
+    tmp = os.path.join(out_dir, 'model.json.tmp')
+    with open(tmp, 'w', encoding='utf-8') as f:
+        json.dump(card, f, indent=2)
+    os.replace(tmp, os.path.join(out_dir, 'model.json'))
+    return card
+
+
+def main(argv=None) -> int:
+    """Entry point of ssvif-export; exit 0 ok, 2 bad input, 3 engine build impossible here."""
+    ap = argparse.ArgumentParser(prog='ssvif-export', description=__doc__.split('\n\n')[0])
+    ap.add_argument('checkpoint', help='training checkpoint (RUN/best.pt or RUN/last.pt)')
+    ap.add_argument('--out', required=True, help='output model folder')
+    ap.add_argument('--opset', type=int, default=17, help='ONNX opset (default 17)')
+    ap.add_argument('--seg-upsample', choices=('bilinear', 'nearest'), default='bilinear',
+                    help='class map: arg-max of bilinearly upsampled logits, or nearest-'
+                         'upsampled low-resolution arg-max (cheaper)')
+    ap.add_argument('--logits', action='store_true', help='also output the head logits')
+    ap.add_argument('--copy-checkpoint', action='store_true',
+                    help='copy the checkpoint into the folder as model.pt (torch backend)')
+    ap.add_argument('--engine', action='store_true', help='also build a TensorRT engine')
+    ap.add_argument('--fp16', action='store_true', help='TensorRT engine in FP16')
+    ap.add_argument('--max-size', default='1920x1088',
+                    help='largest WxH of the TensorRT optimization profile')
+    args = ap.parse_args(argv)
+    try:
+        card = export(args.checkpoint, args.out, args.opset, args.seg_upsample, args.logits,
+                      copy_checkpoint=args.copy_checkpoint)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f'ssvif-export: error: {exc}', file=sys.stderr)
+        return 2
+    par = card['parity']
+    print(f'ssvif-export: wrote {args.out}/model.onnx and model.json '
+          f'({card["model"]["name"]}, {card["num_classes"]} classes, pad multiple '
+          f'{card["pad_multiple"]}); ONNX Runtime vs torch: fused max |diff| '
+          f'{par["fused_max_abs_diff"]:.2e}, class ids {100 * par["class_ids_agreement"]:.3f}% '
+          'equal')
+    if args.engine:
+        from ssvif_ros import trt_engine
+        try:
+            w, h = (int(v) for v in args.max_size.lower().split('x'))
+            path = trt_engine.build_engine(os.path.join(args.out, 'model.onnx'),
+                                           fp16=args.fp16, max_hw=(h, w),
+                                           pad_multiple=card['pad_multiple'])
+        except trt_engine.TensorRTUnavailable as exc:
+            print(f'ssvif-export: cannot build the TensorRT engine: {exc}. The ONNX model in '
+                  f'{args.out} is complete; build the engine later on the target with '
+                  f'`ssvif-export ... --engine` or `python -m ssvif_ros.trt_engine '
+                  f'{args.out}/model.onnx`.', file=sys.stderr)
+            return 3
+        print(f'ssvif-export: TensorRT engine {path}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
