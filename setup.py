@@ -29,6 +29,11 @@ setup(
     entry_points={
         'console_scripts': [
             'ssvif-train = ssvif_train.cli:main',
+            'ssvif-export = ssvif_train.export:main',
+            'ssvif-eval = ssvif_ros.eval_cli:main',
+            'ssvif-bench = ssvif_ros.bench_cli:main',
+            'fusion_node = ssvif_ros.fusion_node:main',
+            'pair_publisher = ssvif_ros.tools.pair_publisher:main',
         ],
     },
 )

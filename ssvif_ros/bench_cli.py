@@ -1,0 +1,150 @@
+"""``ssvif-bench``: latency, throughput and memory of a model through a backend.
+
+    ssvif-bench [--model DIR] [--backend onnxruntime] [--size 640x480] [--threads 2]
+                [--runs 50] [--warmup 5] [--compare DIR2] [--compare-backend NAME] [--json F]
+
+Each model runs in its own child process (so peak RSS belongs to that model alone) on the same
+input pair: the first MSRS validation pair from ../shared/data resized to ``--size`` or, without
+it, a synthetic pair. After ``--warmup`` runs, ``--runs`` timed calls of ``Backend.infer``
+(preprocessed float pair in, fused image and class ids out) give median / p90 / p99 latency and
+pairs/s (1 / median); peak RSS is the child's ``ru_maxrss``. With ``--compare`` both models are
+measured in the same invocation and the ratios (compare / model) printed. Targets belong here
+and in the README, never in tests.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+from pathlib import Path
+import sys
+import time
+from typing import Dict, Optional
+
+import numpy as np
+
+from ssvif_ros import imaging
+
+
+def bench_input(size) -> tuple:
+    """(vis, ir, source): float H x W x 3 pair of ``size = (w, h)``; MSRS if present."""
+    data = Path(os.environ.get('SSVIF_DATA',
+                               Path(__file__).resolve().parents[2] / 'shared' / 'data'))
+    vi_dir = data / 'msrs' / 'val' / 'vi'
+    if vi_dir.is_dir() and any(vi_dir.iterdir()):
+        stem = sorted(os.listdir(vi_dir))[0]
+        vis = imaging.read_image(vi_dir / stem, mode='rgb')
+        ir = imaging.read_image(data / 'msrs' / 'val' / 'ir' / stem, mode='gray')
+        source = f'MSRS val {stem}'
+    else:
+        from ssvif_ros.tools.pair_publisher import synthetic_scene
+        vis, ir = synthetic_scene(0, 640, 480)
+        source = 'synthetic scene'
+    if (vis.shape[1], vis.shape[0]) != tuple(size):
+        vis = imaging.resize(vis, size)
+        ir = imaging.resize(ir, size)
+    v, t = imaging.preprocess_pair(vis, ir)
+    return v, t, source
+
+
+def _measure(args: Dict) -> Dict:
+    """Child process body: build the backend, warm up, time the runs."""
+    import resource
+    from ssvif_ros.backends import create_backend
+    vis, ir, source = bench_input(args['size'])
+    t0 = time.perf_counter()
+    backend = create_backend(args['backend'], args['model'], threads=args['threads'])
+    load_s = time.perf_counter() - t0
+    for _ in range(args['warmup']):
+        backend.infer(vis, ir)
+    times = []
+    for _ in range(args['runs']):
+        t0 = time.perf_counter()
+        backend.infer(vis, ir)
+        times.append(time.perf_counter() - t0)
+    ms = np.asarray(times) * 1000.0
+    med = float(np.median(ms))
+    return {'model': args['model'] or '(embedded default)', 'backend': args['backend'],
+            'describe': backend.describe(), 'input': source,
+            'size': f'{args["size"][0]}x{args["size"][1]}', 'threads': args['threads'],
+            'runs': args['runs'], 'load_s': load_s, 'median_ms': med,
+            'p90_ms': float(np.percentile(ms, 90)), 'p99_ms': float(np.percentile(ms, 99)),
+            'pairs_per_s': 1000.0 / med,
+            'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+
+
+def run_isolated(args: Dict) -> Dict:
+    """Measure in a fresh spawned process; re-raise its error as RuntimeError."""
+    ctx = mp.get_context('spawn')
+    with ctx.Pool(1) as pool:
+        return pool.apply(_measure, (args,))
+
+
+def _row(r: Dict) -> str:
+    return (f'| {r["describe"]} | {r["size"]} | {r["threads"]} | {r["median_ms"]:.1f} | '
+            f'{r["p90_ms"]:.1f} | {r["p99_ms"]:.1f} | {r["pairs_per_s"]:.1f} | '
+            f'{r["peak_rss_mb"]:.0f} |')
+
+
+def main(argv=None) -> int:
+    """Entry point of ssvif-bench; exit 2 on a bad model or argument."""
+    ap = argparse.ArgumentParser(prog='ssvif-bench', description=__doc__.split('\n\n')[0])
+    ap.add_argument('--model', default='', help='model folder or file ("" = embedded default)')
+    ap.add_argument('--backend', default='onnxruntime',
+                    help='identity | maxluma | torch | onnxruntime | tensorrt')
+    ap.add_argument('--size', default='640x480', help='WxH of the input pair')
+    ap.add_argument('--threads', type=int, default=2, help='intra-op threads')
+    ap.add_argument('--runs', type=int, default=50)
+    ap.add_argument('--warmup', type=int, default=5)
+    ap.add_argument('--compare', default=None,
+                    help='second model folder, measured in the same run')
+    ap.add_argument('--compare-backend', default=None, help='backend of --compare (default: same)')
+    ap.add_argument('--json', default=None, help='also write the results to this JSON file')
+    args = ap.parse_args(argv)
+    try:
+        w, h = (int(v) for v in args.size.lower().split('x'))
+    except ValueError:
+        print(f'ssvif-bench: error: --size must be WxH, got {args.size!r}', file=sys.stderr)
+        return 2
+    if args.runs < 1 or args.warmup < 0 or args.threads < 1:
+        print('ssvif-bench: error: --runs >= 1, --warmup >= 0, --threads >= 1', file=sys.stderr)
+        return 2
+    jobs = [{'model': args.model, 'backend': args.backend}]
+    if args.compare is not None:
+        jobs.append({'model': args.compare, 'backend': args.compare_backend or args.backend})
+    results = []
+    for job in jobs:
+        job.update(size=(w, h), threads=args.threads, runs=args.runs, warmup=args.warmup)
+        try:
+            results.append(run_isolated(job))
+        except Exception as exc:  # noqa: BLE001 - the child's error, reported by name
+            print(f'ssvif-bench: error: {job["backend"]} model {job["model"] or "(default)"}: '
+                  f'{exc}', file=sys.stderr)
+            return 2
+    print(f'input: {results[0]["input"]}, {args.warmup} warm-up + {args.runs} timed runs')
+    print('| backend:model | size | threads | median ms | p90 ms | p99 ms | pairs/s | '
+          'peak RSS MB |')
+    print('|---|---|---|---|---|---|---|---|')
+    for r in results:
+        print(_row(r))
+    out: Dict[str, Optional[object]] = {'results': results}
+    if len(results) == 2:
+        a, b = results
+        ratio = {'median_ms': b['median_ms'] / a['median_ms'],
+                 'pairs_per_s': b['pairs_per_s'] / a['pairs_per_s'],
+                 'peak_rss_mb': b['peak_rss_mb'] / a['peak_rss_mb']}
+        out['ratio_compare_over_model'] = ratio
+        print(f'ratio (compare / model): latency x{ratio["median_ms"]:.2f}, throughput '
+              f'x{ratio["pairs_per_s"]:.2f}, peak RSS x{ratio["peak_rss_mb"]:.2f}')
+    target = 15.0
+    print(f'target for the default CPU model at 640x480 on 2 threads: >= {target:.0f} pairs/s '
+          f'median; measured {results[0]["pairs_per_s"]:.1f}')
+    if args.json:
+        with open(args.json, 'w', encoding='utf-8') as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""ssvif-bench runs each model in its own process and reports latency, rate and memory."""
+import json
+import subprocess
+import sys
+
+
+def test_bench_compares_two_backends_in_one_run(tmp_path):
+    out = tmp_path / 'bench.json'
+    res = subprocess.run([sys.executable, '-m', 'ssvif_ros.bench_cli', '--backend', 'identity',
+                          '--compare', '', '--compare-backend', 'maxluma', '--runs', '5',
+                          '--warmup', '1', '--size', '320x240', '--json', str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert '| identity:identity | 320x240 |' in res.stdout
+    assert '| maxluma:maxluma | 320x240 |' in res.stdout
+    data = json.loads(out.read_text())
+    a, b = data['results']
+    for r in (a, b):
+        assert r['runs'] == 5 and r['median_ms'] > 0 and r['p99_ms'] >= r['median_ms']
+        assert r['peak_rss_mb'] > 10
+    ratio = data['ratio_compare_over_model']['median_ms']
+    assert abs(ratio - b['median_ms'] / a['median_ms']) < 1e-9
+
+
+def test_bench_reports_a_bad_model_by_name(tmp_path):
+    res = subprocess.run([sys.executable, '-m', 'ssvif_ros.bench_cli', '--model',
+                          str(tmp_path / 'nothing'), '--runs', '1'],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    assert 'nothing' in res.stderr and 'Traceback' not in res.stderr
+    res = subprocess.run([sys.executable, '-m', 'ssvif_ros.bench_cli', '--size', '640by480'],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and 'WxH' in res.stderr
