@@ -142,3 +142,29 @@ def test_backend_errors_are_clear(tmp_path):
     (tmp_path / 'junk.onnx').write_bytes(b'junk')
     with pytest.raises(BackendError, match='junk.onnx'):
         create_backend('onnxruntime', str(tmp_path / 'junk.onnx'))
+
+
+def test_fuse_cli_writes_outputs_and_reports_bad_files(trained, msrs_dir, tmp_path):
+    from ssvif_ros.fuse_cli import main as fuse_main
+    _, model = trained
+    vi, ir = tmp_path / 'vi', tmp_path / 'ir'
+    vi.mkdir()
+    ir.mkdir()
+    stems = sorted(os.listdir(msrs_dir / 'val' / 'vi'))[:2]
+    for s in stems:
+        os.symlink(msrs_dir / 'val' / 'vi' / s, vi / s)
+        os.symlink(msrs_dir / 'val' / 'ir' / s, ir / s)
+    (vi / 'broken.png').write_bytes(b'xx')
+    (ir / 'broken.png').write_bytes(b'xx')
+    os.symlink(msrs_dir / 'val' / 'vi' / stems[0], vi / 'alone.png')
+    out = tmp_path / 'out'
+    rc = fuse_main(['--vi', str(vi), '--ir', str(ir), '--out', str(out), '--model', str(model)])
+    assert rc == 1
+    report = json.loads((out / 'report.json').read_text())
+    assert report['written'] == 2 and list(report['failed']) == ['broken']
+    assert report['visible_without_thermal'] == ['alone']
+    for s in stems:
+        fused = imaging.read_image(out / 'fused' / s)
+        ids = imaging.read_image(out / 'segmentation' / s)
+        assert fused.shape == (480, 640, 3) and ids.shape == (480, 640) and ids.max() < 15
+        assert (out / 'segmentation_color' / s).is_file()
