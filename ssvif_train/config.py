@@ -91,7 +91,8 @@ class TrainConfig:
     amp: bool = True              # mixed precision on CUDA (ignored on CPU)
     threads: int = 0              # torch CPU threads (0 = torch default)
     log_every: int = 1            # steps between CSV/TensorBoard step rows
-    val_metrics: List[str] = field(default_factory=lambda: ['EN', 'SD', 'SSIM', 'Qabf'])
+    val_metrics: List[str] = field(  # ssvif_ros.metrics names, grey CDDFuse convention
+        default_factory=lambda: ['EN', 'MI', 'VIF', 'Qabf', 'SSIM', 'DeltaE'])
     val_metric_images: int = 4    # validation pairs scored with val_metrics per epoch
     progress: bool = True         # tqdm progress bar
 
@@ -195,6 +196,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f'train.lr must be > 0, got {cfg.train.lr}')
     if cfg.weighting.temperature <= 0:
         raise ConfigError(f'weighting.temperature must be > 0, got {cfg.weighting.temperature}')
+    if cfg.train.val_metrics:
+        from ssvif_ros.metrics import metric_names
+        bad = [m for m in cfg.train.val_metrics if m not in metric_names()]
+        if bad:
+            raise ConfigError(f'train.val_metrics: unknown metric(s) {bad}; '
+                              f'known: {metric_names()}')
     for key in ('lambda_int', 'lambda_grad', 'lambda_ssim', 'lambda_color', 'dice_eps'):
         if getattr(cfg.loss, key) < 0:
             raise ConfigError(f'loss.{key} must be >= 0')

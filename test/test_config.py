@@ -36,6 +36,8 @@ def test_overrides_parse_yaml_values_and_types_are_checked(tmp_path):
         load_config(None, ['train.epochs=many'])
     with pytest.raises(ConfigError, match='weighting.method must be one of'):
         load_config(None, ['weighting.method=magic'])
+    with pytest.raises(ConfigError, match='unknown metric'):
+        load_config(None, ['train.val_metrics=[EN, Magic]'])
     with pytest.raises(ConfigError, match='key=value'):
         load_config(None, ['train.epochs'])
     with pytest.raises(ConfigError, match='not found'):

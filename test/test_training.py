@@ -52,6 +52,8 @@ def test_two_epochs_on_real_msrs_reach_stage_two_and_reload(msrs_subset, tmp_pat
     for key in ('int', 'grad', 'ssim', 'color'):
         assert float(steps[0][key]) > 0
     assert any(p.name.startswith('events.out.tfevents') for p in (out / 'tb').iterdir())
+    for m in ('EN', 'MI', 'VIF', 'Qabf', 'SSIM', 'DeltaE'):  # validation metrics per epoch
+        assert all(np.isfinite(float(r[f'val_{m}'])) for r in epochs), m
     ckpt = torch.load(out / 'last.pt', weights_only=True)
     assert ckpt['state']['stage'] == 2 and ckpt['head'] is not None
     assert ckpt['seg']['preset'] == 'b3'
