@@ -33,6 +33,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py
+	$(PY) bench/metrics_speed.py
+	$(PY) bench/node_latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -35,6 +35,8 @@ setup(
             'ssvif-fuse = ssvif_ros.fuse_cli:main',
             'fusion_node = ssvif_ros.fusion_node:main',
             'pair_publisher = ssvif_ros.tools.pair_publisher:main',
+            'fused_recorder = ssvif_ros.tools.fused_recorder:main',
+            'ssvif_demo = ssvif_ros.demo:main',
         ],
     },
 )

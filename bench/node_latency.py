@@ -1,0 +1,220 @@
+"""End-to-end latency, rate and memory of the fusion node at 640 x 480, 30 Hz.
+
+Three processes, as on a robot: ``pair_publisher`` (stamps each pair with the wall clock when it
+publishes), ``fusion_node`` and this script, which subscribes to ``fused/image`` and
+``fused/segmentation`` and records ``receive time - input stamp`` per message. For each backend
+it prints median / p90 / p99 latency, the received rate, the node's own decode, inference,
+publish and processing times (from /diagnostics) and the node's memory sampled once a second
+(private RssAnon, where a leak would show, and VmRSS; growth is judged after the first
+quarter of the run or 30 s, while buffers and DDS history fill).
+
+* ``identity`` (fused = visible) measures everything except inference: transport in and out,
+  decoding, pairing, normalization, encoding. Its end-to-end median is the node overhead.
+* The default run measures the embedded default model (onnxruntime) when it exists, otherwise
+  ``maxluma``, and ``identity``. ``--backend`` (repeatable) chooses others.
+
+Targets (printed beside the numbers, not asserted): node overhead <= 5 ms median per pair;
+end-to-end p99 <= 1.5 x the inference time; no memory growth over 2 minutes
+(``--duration 120``)::
+
+    python bench/node_latency.py                      # default model (or maxluma) + identity
+    python bench/node_latency.py --backend identity --backend maxluma --duration 120
+"""
+import argparse
+import json
+import os
+from pathlib import Path
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from ssvif_ros.demo import (default_msrs_val, RecorderSession, ros_env, start_fusion_node,
+                            start_publisher, stop, tail)
+
+TOPICS = ('fused/image', 'fused/segmentation')
+
+
+def memory_mib(pid: int):
+    """(VmRSS, RssAnon) of a process in MiB from Linux /proc (NaN if unavailable).
+
+    RssAnon is the process's private memory, where a leak shows; VmRSS also counts the Fast DDS
+    shared-memory segments, which fill up page by page during the first seconds of a run.
+    """
+    vals = {'VmRSS:': float('nan'), 'RssAnon:': float('nan')}
+    try:
+        for line in Path(f'/proc/{pid}/status').read_text().splitlines():
+            key = line.split(':')[0] + ':'
+            if key in vals:
+                vals[key] = int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return vals['VmRSS:'], vals['RssAnon:']
+
+
+def default_model_available() -> bool:
+    """True when ssvif_ros.models.default_model_dir() returns an existing path."""
+    try:
+        from ssvif_ros.models import default_model_dir
+        return Path(default_model_dir()).exists()
+    except Exception:  # noqa: BLE001 - missing module or model: not available
+        return False
+
+
+def run_one(backend, model, args, env, workdir: Path):
+    """Measure one backend; return a result dict (or one with an 'error')."""
+    params = [f'backend:={backend}', f'threads:={args.threads}',
+              f'publish_color:={"true" if args.color else "false"}']
+    if model:
+        params.append(f'model:={model}')
+    log = workdir / f'fusion_node_{backend}.log'
+    node = start_fusion_node(params, log, env)
+    topics = TOPICS + (('fused/segmentation_color',) if args.color else ())
+    session = RecorderSession(topics)
+    publisher = None
+    try:
+        if not session.wait_for_node(node):
+            return {'backend': backend, 'error': f'node did not start:\n{tail(log)}'}
+        source = (['--synthetic', '30', '--size', args.size] if args.synthetic
+                  else ['--data', str(args.data)])
+        publisher = start_publisher(source + ['--rate', str(args.rate), '--loop'],
+                                    workdir / f'publisher_{backend}.log', env)
+        time.sleep(args.warmup)
+        session.recorder.reset()
+        rss = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < args.duration:
+            rss.append((time.monotonic() - t0,) + memory_mib(node.pid))
+            time.sleep(1.0)
+            if node.poll() is not None:
+                return {'backend': backend, 'error': f'node exited:\n{tail(log)}'}
+        summary = session.recorder.summary()
+    finally:
+        if publisher is not None:
+            stop(publisher)
+        stop(node)
+        session.close()
+    fused = summary['topics']['fused/image']
+    diag = summary['diagnostics']
+    t = np.array([s[0] for s in rss])
+    total = np.array([s[1] for s in rss])
+    m = np.array([s[2] for s in rss])  # RssAnon: private memory
+    # Buffers, caches and DDS history fill during the first seconds; judge growth after that.
+    settled = t >= min(30.0, 0.25 * args.duration)
+    ts, ms = t[settled], m[settled]
+    k = max(1, len(ms) // 10)
+    slope = float(np.polyfit(ts, ms, 1)[0] * 60.0) if len(ms) > 2 else float('nan')
+    return {
+        'backend': backend, 'model': diag.get('model', model or ''),
+        'latency_ms': fused['latency_ms'], 'rate_hz': fused['rate_hz'],
+        'inference_ms_p50': float(diag.get('inference_ms_p50', 'nan')),
+        'inference_ms_p99': float(diag.get('inference_ms_p99', 'nan')),
+        **{f'{st}_ms_p{q}': float(diag.get(f'{st}_ms_p{q}', 'nan'))
+           for st in ('decode', 'publish', 'processing') for q in (50, 99)},
+        'drops': {key[6:]: int(v) for key, v in diag.items() if key.startswith('drops.')},
+        'rss_mib': {'first': float(ms[:k].mean()), 'last': float(ms[-k:].mean()),
+                    'max': float(m.max()), 'growth': float(ms[-k:].mean() - ms[:k].mean()),
+                    'slope_mib_per_min': slope, 'samples': len(ms),
+                    'settled_from_s': float(ts[0]) if len(ts) else float('nan'),
+                    'vmrss_first': float(total[settled][:k].mean()),
+                    'vmrss_last': float(total[settled][-k:].mean())},
+        'memory_samples': [[round(a, 1), round(b, 2), round(c, 2)] for a, b, c in rss],
+    }
+
+
+def report(results, args) -> None:
+    """Print the table and the targets."""
+    print(f'\n=== fusion node, {args.size} at {args.rate:g} Hz, {args.duration:g} s per backend '
+          f'(after {args.warmup:g} s warm-up); source: '
+          f'{"synthetic" if args.synthetic else args.data} ===')
+    print(f'{"backend":12s} {"median":>7s} {"p90":>7s} {"p99":>7s} {"rate":>6s} '
+          f'{"decode50":>8s} {"infer50":>8s} {"infer99":>8s} {"publ50":>7s} {"proc50":>7s} '
+          f'{"RssAnon MiB":>15s} {"growth":>7s} {"VmRSS MiB":>15s}')
+    ok = [r for r in results if 'error' not in r]
+    for r in results:
+        if 'error' in r:
+            print(f'{r["backend"]:12s} ERROR: {r["error"]}')
+            continue
+        lat, mem = r['latency_ms'], r['rss_mib']
+        print(f'{r["backend"]:12s} {lat["median"]:7.1f} {lat["p90"]:7.1f} {lat["p99"]:7.1f} '
+              f'{r["rate_hz"]:6.1f} {r["decode_ms_p50"]:8.2f} {r["inference_ms_p50"]:8.2f} '
+              f'{r["inference_ms_p99"]:8.2f} {r["publish_ms_p50"]:7.2f} '
+              f'{r["processing_ms_p50"]:7.2f} {mem["first"]:6.1f}->{mem["last"]:6.1f} '
+              f'{mem["growth"]:+7.1f} {mem["vmrss_first"]:6.1f}->{mem["vmrss_last"]:6.1f}')
+        if r['drops']:
+            print(f'{"":12s} drops: ' + ', '.join(f'{k}={v}' for k, v in r['drops'].items()))
+    print('(latency = receive time - input stamp, ms; decode/infer/publ/proc = node-reported '
+          'decode+register, inference, encode+publish and whole-pair times, ms)')
+    ident = next((r for r in ok if r['backend'] == 'identity'), None)
+    print('\ntargets:')
+    if ident:
+        over = ident['latency_ms']['median']
+        inside = ident['processing_ms_p50'] - ident['inference_ms_p50']
+        print(f'  node overhead per pair (identity end-to-end median) {over:.1f} ms '
+              f'[target <= 5 ms]: {"met" if over <= 5 else "NOT met"}; of which inside the '
+              f'node (processing - inference, p50) {inside:.1f} ms')
+    for r in ok:
+        if r['backend'] == 'identity':
+            continue
+        p99, inf = r['latency_ms']['p99'], r['inference_ms_p50']
+        print(f'  {r["backend"]}: end-to-end p99 {p99:.1f} ms vs 1.5 x inference p50 '
+              f'{1.5 * inf:.1f} ms [target p99 <= 1.5 x inference]: '
+              f'{"met" if p99 <= 1.5 * inf else "NOT met"}')
+    for r in ok:
+        mem = r['rss_mib']
+        grows = mem['growth'] > 5.0 and mem['slope_mib_per_min'] > 1.0
+        print(f'  {r["backend"]}: RssAnon {mem["first"]:.1f} -> {mem["last"]:.1f} MiB '
+              f'({mem["slope_mib_per_min"]:+.2f} MiB/min from {mem["settled_from_s"]:.0f} s to '
+              f'the end) '
+              f'[target: no growth over 2 min]: {"growth!" if grows else "flat"}'
+              + ('' if args.duration >= 120 else ' (run --duration 120 for the 2-minute check)'))
+
+
+def main(argv=None) -> int:
+    """Run the benchmark; return the exit code."""
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--backend', action='append',
+                   help='backend to measure (repeatable); default: default model + identity')
+    p.add_argument('--model', default='', help="model for model-needing backends ('' default)")
+    p.add_argument('--duration', type=float, default=20.0, help='seconds measured per backend')
+    p.add_argument('--warmup', type=float, default=3.0, help='seconds before measuring')
+    p.add_argument('--rate', type=float, default=30.0)
+    p.add_argument('--size', default='640x480', help='synthetic image size')
+    p.add_argument('--data', type=Path, default=default_msrs_val(),
+                   help='MSRS-layout folder (640x480 pairs)')
+    p.add_argument('--synthetic', action='store_true', help='use the synthetic scene')
+    p.add_argument('--threads', type=int, default=2, help='backend threads')
+    p.add_argument('--color', action='store_true', help='also subscribe segmentation_color')
+    p.add_argument('--json', type=Path, help='write the results here')
+    args = p.parse_args(argv)
+    if not args.synthetic and not (args.data / 'vi').is_dir():
+        print(f'MSRS pairs not found in {args.data}; using the synthetic scene')
+        args.synthetic = True
+    backends = args.backend
+    if not backends:
+        if default_model_available():
+            backends = ['onnxruntime', 'identity']
+        else:
+            print('embedded default model not available: measuring maxluma + identity')
+            backends = ['maxluma', 'identity']
+    env = ros_env()
+    os.environ.update({k: env[k] for k in (
+        'RMW_IMPLEMENTATION', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID',
+        'FASTDDS_DEFAULT_PROFILES_FILE')})
+    os.environ.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)
+    results = []
+    with tempfile.TemporaryDirectory(prefix='ssvif_bench_') as tmp:
+        for b in backends:
+            print(f'measuring {b} ...', flush=True)
+            results.append(run_one(b, args.model if b not in ('identity', 'maxluma') else '',
+                                   args, env, Path(tmp)))
+    report(results, args)
+    if args.json:
+        args.json.write_text(json.dumps({'args': {k: str(v) for k, v in vars(args).items()},
+                                         'results': results}, indent=2))
+    return 0 if all('error' not in r for r in results) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

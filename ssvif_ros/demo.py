@@ -1,0 +1,253 @@
+"""End-to-end demo (``make demo``): fusion node + image publisher + recorder, three processes.
+
+``python -m ssvif_ros.demo`` starts ``fusion_node`` (the embedded default model unless
+``--backend``/``--model`` say otherwise), publishes the MSRS validation pairs from
+``../shared/data/msrs/val`` at 30 Hz from a separate ``pair_publisher`` process, and records what
+the node publishes: the first fused images, class-id masks and colour masks as PNG, and the
+end-to-end latency (receive time minus the input stamp) of every message, written to
+``<out>/latency.json`` and printed. Takes about 15 s plus start-up.
+
+Without the MSRS data (or with ``--synthetic``) the publisher generates a synthetic night road
+scene (:func:`ssvif_ros.tools.pair_publisher.synthetic_scene`): a dim visible image in which
+pedestrians in dark clothes barely stand out from the road, and a thermal image in which they
+and a car's engine are bright. Every process uses Fast DDS with the package's shared-memory
+profile, discovery limited to this host, and a ROS domain id derived from the process id.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict, List, Optional, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def dds_profile_path() -> Path:
+    """The Fast DDS shared-memory profile: the source tree's, else the installed share copy."""
+    local = REPO_ROOT / 'config' / 'fastdds_shm.xml'
+    if local.is_file():
+        return local
+    from ament_index_python.packages import get_package_share_directory
+    return Path(get_package_share_directory('ssvif_ros')) / 'config' / 'fastdds_shm.xml'
+
+
+def ros_env(domain_id: Optional[int] = None) -> Dict[str, str]:
+    """Environment for every demo/bench process: Fast DDS, SHM profile, localhost, own domain."""
+    env = dict(os.environ)
+    env.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)  # deprecated name; one profile variable
+    env.update({
+        'RMW_IMPLEMENTATION': 'rmw_fastrtps_cpp',
+        'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
+        'ROS_DOMAIN_ID': str(domain_id if domain_id is not None else 30 + os.getpid() % 70),
+        'FASTDDS_DEFAULT_PROFILES_FILE': str(dds_profile_path()),
+        'PYTHONUNBUFFERED': '1',
+    })
+    return env
+
+
+def start_fusion_node(params: Sequence[str], log_path, env: Dict[str, str]) -> subprocess.Popen:
+    """Start ``python -m ssvif_ros.fusion_node`` with ``-p`` for each 'name:=value'."""
+    cmd = [sys.executable, '-m', 'ssvif_ros.fusion_node', '--ros-args']
+    for p in params:
+        cmd += ['-p', p]
+    log = open(log_path, 'w')
+    try:
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    finally:
+        log.close()
+
+
+def start_publisher(args: Sequence[str], log_path, env: Dict[str, str]) -> subprocess.Popen:
+    """Start ``python -m ssvif_ros.tools.pair_publisher`` with ``args``."""
+    cmd = [sys.executable, '-m', 'ssvif_ros.tools.pair_publisher', *args]
+    log = open(log_path, 'w')
+    try:
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    finally:
+        log.close()
+
+
+def stop(proc: subprocess.Popen, timeout: float = 5.0) -> Optional[int]:
+    """SIGINT a process and wait; kill it if it does not exit in ``timeout`` s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def tail(path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a text file ('' if absent)."""
+    try:
+        return '\n'.join(Path(path).read_text(errors='replace').splitlines()[-lines:])
+    except OSError:
+        return ''
+
+
+class RecorderSession:
+    """An in-process rclpy context spinning a :class:`FusedRecorder` in a background thread."""
+
+    def __init__(self, topics, save_dir=None, save_max: int = 0):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.signals import SignalHandlerOptions
+
+        from ssvif_ros.tools.fused_recorder import FusedRecorder
+
+        self._rclpy = rclpy
+        self.ctx = rclpy.Context()
+        rclpy.init(args=[], context=self.ctx, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node('fused_recorder', context=self.ctx)
+        self.recorder = FusedRecorder(self.node, topics, save_dir, save_max)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set() and self.ctx.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def wait_for_node(self, proc: subprocess.Popen, timeout: float = 60.0) -> bool:
+        """Wait until the fusion node publishes fused/image; False if it exited or timed out."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if proc.poll() is not None:
+                return False
+            if self.node.count_publishers('/fused/image') > 0:
+                time.sleep(0.5)  # let both sides finish matching
+                return True
+            time.sleep(0.1)
+        return False
+
+    def close(self) -> None:
+        """Stop spinning and shut the context down."""
+        self._stop.set()
+        self._thread.join(5.0)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self._rclpy.try_shutdown(context=self.ctx)
+
+
+def default_msrs_val() -> Path:
+    """``<shared data>/msrs/val`` (``$SSVIF_DATA`` or ``../shared/data``)."""
+    from ssvif_ros.tools.pair_publisher import default_data_dir
+    return default_data_dir() / 'msrs' / 'val'
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--backend', default='onnxruntime',
+                   help='identity | maxluma | torch | onnxruntime | tensorrt')
+    p.add_argument('--model', default='', help="model path; '' = the embedded default model")
+    p.add_argument('--data', help='MSRS-layout folder (default: <shared data>/msrs/val)')
+    p.add_argument('--synthetic', action='store_true', help='use the synthetic scene')
+    p.add_argument('--out', default=str(REPO_ROOT / 'out' / 'demo'), help='output folder')
+    p.add_argument('--rate', type=float, default=30.0, help='pairs per second')
+    p.add_argument('--seconds', type=float, default=10.0, help='how long to publish')
+    p.add_argument('--save', type=int, default=25, help='images to save per output topic')
+    p.add_argument('--overlay-alpha', type=float, default=0.5,
+                   help='blend of class colours over the fused image (segmentation_color)')
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the demo; return the exit code."""
+    from ssvif_ros.tools.fused_recorder import OUTPUT_TOPICS
+
+    args = _parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = ros_env()
+    os.environ.update({k: env[k] for k in (
+        'RMW_IMPLEMENTATION', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID',
+        'FASTDDS_DEFAULT_PROFILES_FILE')})
+    os.environ.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)
+    data = Path(args.data) if args.data else default_msrs_val()
+    count = max(1, int(round(args.rate * args.seconds)))
+    if args.synthetic or not (data / 'vi').is_dir():
+        if not args.synthetic:
+            print(f'demo: MSRS pairs not found in {data}; using the synthetic scene')
+        source = ['--synthetic', '60']
+        source_text = 'synthetic night road scene (60 frames, 640x480)'
+    else:
+        source = ['--data', str(data)]
+        source_text = f'MSRS pairs from {data}'
+
+    params = [f'backend:={args.backend}', f'overlay_alpha:={float(args.overlay_alpha)}']
+    if args.model:
+        params.append(f'model:={args.model}')
+    print(f'demo: starting fusion_node (backend {args.backend}, model '
+          f'{args.model or "embedded default"}), ROS_DOMAIN_ID={env["ROS_DOMAIN_ID"]}')
+    node_log = out / 'fusion_node.log'
+    node = start_fusion_node(params, node_log, env)
+    session = RecorderSession(OUTPUT_TOPICS, out / 'images', args.save)
+    publisher = None
+    try:
+        if not session.wait_for_node(node):
+            stop(node)
+            print(f'demo: fusion_node did not start (exit code {node.returncode}):\n'
+                  f'{tail(node_log)}', file=sys.stderr)
+            if args.backend not in ('identity', 'maxluma'):
+                print('demo: try `python -m ssvif_ros.demo --backend maxluma` (no model needed)',
+                      file=sys.stderr)
+            return 1
+        print(f'demo: publishing {count} pairs at {args.rate:g} Hz: {source_text}')
+        publisher = start_publisher(
+            source + ['--rate', str(args.rate), '--count', str(count)],
+            out / 'pair_publisher.log', env)
+        publisher.wait(args.seconds + 60)
+        time.sleep(1.5)  # the last pairs and one more diagnostics message
+    finally:
+        if publisher is not None:
+            stop(publisher)
+        node_code = stop(node)
+        saved = session.recorder.write_saved()
+        summary = session.recorder.summary()
+        session.close()
+    summary.update({
+        'backend': args.backend, 'model': args.model or 'embedded default',
+        'source': source_text, 'pairs_published': count, 'rate_hz': args.rate,
+        'node_exit_code': node_code})
+    (out / 'latency.json').write_text(json.dumps(summary, indent=2))
+    _print_summary(summary, out, saved)
+    fused = summary['topics']['fused/image']['latency_ms']['count']
+    return 0 if fused > 0 else 1
+
+
+def _print_summary(summary: Dict, out: Path, saved: Dict[str, List[str]]) -> None:
+    diag = summary.get('diagnostics', {})
+    print('\n=== ssvif_ros demo ===')
+    print(f'source: {summary["source"]}; backend {summary["backend"]} '
+          f'({diag.get("backend_info", "?")}), model {diag.get("model", summary["model"])}')
+    print(f'published pairs: {summary["pairs_published"]} at {summary["rate_hz"]:g} Hz')
+    for topic, t in summary['topics'].items():
+        lat = t['latency_ms']
+        print(f'{topic:26s} received {lat["count"]:4d}, {t["rate_hz"]:5.1f} Hz; latency ms '
+              f'median {lat["median"]:6.1f}  p90 {lat["p90"]:6.1f}  p99 {lat["p99"]:6.1f}')
+    if diag:
+        print(f'node: inference p50 {diag.get("inference_ms_p50")} ms, p99 '
+              f'{diag.get("inference_ms_p99")} ms; processing p50 '
+              f'{diag.get("processing_ms_p50")} ms; drops {diag.get("drops_total")} ('
+              + ', '.join(f'{k[6:]}={v}' for k, v in diag.items() if k.startswith('drops.'))
+              + ')')
+    for topic, paths in saved.items():
+        if paths:
+            print(f'saved {len(paths)} {topic} images in {Path(paths[0]).parent}')
+    print(f'latency summary: {out / "latency.json"}; node log: {out / "fusion_node.log"}')
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Publish paired visible/thermal images as sensor_msgs/Image at a fixed rate.
+
+Reads a folder in the MSRS layout (``<dir>/vi/*.png`` RGB and ``<dir>/ir/*.png`` thermal with
+the same file names) or generates a synthetic scene (:func:`synthetic_scene`) and publishes
+``rgb/image_raw`` (rgb8, bgr8 or mono8) and ``thermal/image_raw`` (mono8, mono16 or 32FC1) with
+equal header stamps (the wall clock at publication), optionally with a thermal stamp offset and
+uniform jitter. Used by the tests, the latency bench and the demo::
+
+    python -m ssvif_ros.tools.pair_publisher --data ../shared/data/msrs/val --rate 30 --loop
+    python -m ssvif_ros.tools.pair_publisher --synthetic 40 --count 300 --jitter 0.002
+
+Thermal encodings other than mono8 are derived from the 8-bit frame ``v`` as a camera would
+send them: mono16 = ``7000 + 8 v`` (radiometric counts using a few thousand of the 65536 levels),
+32FC1 = ``10 + 30 v / 255`` degrees Celsius.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+import sys
+import time
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ssvif_ros import imaging
+
+RGB_TOPIC = 'rgb/image_raw'
+THERMAL_TOPIC = 'thermal/image_raw'
+
+
+def default_data_dir() -> Path:
+    """The shared data root: ``$SSVIF_DATA`` or ``../shared/data`` beside the repository."""
+    env = os.environ.get('SSVIF_DATA')
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
+
+
+def list_pairs(folder) -> List[Tuple[Path, Path]]:
+    """``(vi, ir)`` file pairs of an MSRS-layout folder, sorted by name.
+
+    Raises FileNotFoundError naming the folder when ``vi/`` or ``ir/`` is missing or no file name
+    occurs in both.
+    """
+    folder = Path(folder)
+    vi_dir, ir_dir = folder / 'vi', folder / 'ir'
+    for d in (vi_dir, ir_dir):
+        if not d.is_dir():
+            raise FileNotFoundError(f'paired image folder {folder} has no {d.name}/ subfolder')
+    ir_names = {p.name for p in ir_dir.iterdir()}
+    pairs = [(p, ir_dir / p.name) for p in sorted(vi_dir.iterdir())
+             if p.suffix.lower() in imaging.IMAGE_EXTENSIONS and p.name in ir_names]
+    if not pairs:
+        raise FileNotFoundError(f'no image name occurs in both {vi_dir} and {ir_dir}')
+    return pairs
+
+
+def load_pairs(folder, limit: Optional[int] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Read up to ``limit`` pairs: (RGB uint8 H x W x 3, thermal H x W uint8/uint16)."""
+    out = []
+    for vi, ir in list_pairs(folder)[:limit]:
+        out.append((imaging.read_image(vi, 'rgb'), imaging.read_image(ir, 'gray')))
+    return out
+
+
+def synthetic_scene(index: int, width: int = 640, height: int = 480,
+                    seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """A night road scene as an RGB-thermal pair: (RGB uint8 H x W x 3, thermal uint8 H x W).
+
+    Dim visible image: dark blue sky, grey road with lane marks, a lit building, and pedestrians
+    in dark clothes that barely stand out from the road; thermal image: cold sky, road warmer
+    than the sky, and pedestrians and a car's engine bright. Pedestrians walk across the road
+    with ``index`` (one step per frame), so consecutive frames differ. Deterministic in
+    ``(index, seed)``; sensor noise differs per frame.
+    """
+    rng = np.random.default_rng(seed * 100003 + index)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)  # H x W each
+    v = yy / max(height - 1, 1)
+    u = xx / max(width - 1, 1)
+    horizon = 0.45
+    rgb = np.zeros((height, width, 3), np.float32)
+    th = np.zeros((height, width), np.float32)
+    sky = v < horizon
+    rgb[sky] = np.stack([0.05 + 0.05 * v[sky], 0.06 + 0.05 * v[sky], 0.15 + 0.1 * v[sky]], -1)
+    th[sky] = 0.08
+    # Road: a trapezoid widening towards the bottom; grass on both sides.
+    depth = np.clip((v - horizon) / (1 - horizon), 0, 1)
+    half = 0.08 + 0.45 * depth
+    road = (~sky) & (np.abs(u - 0.5) < half)
+    grass = (~sky) & ~road
+    rgb[road] = 0.18 + 0.06 * depth[road, None]
+    th[road] = 0.35 + 0.1 * depth[road]
+    rgb[grass] = np.stack([0.05 + 0 * depth[grass], 0.12 + 0.05 * depth[grass],
+                           0.05 + 0 * depth[grass]], -1)
+    th[grass] = 0.25
+    # Dashed centre line (visible only: paint has the road's temperature).
+    dash = road & (np.abs(u - 0.5) < 0.004 + 0.01 * depth) & (((v * 40) % 2) < 1)
+    rgb[dash] = 0.7
+    # A building with lit windows on the left above the horizon.
+    bld = (u > 0.05) & (u < 0.3) & (v > 0.15) & (v < horizon)
+    rgb[bld] = 0.12
+    th[bld] = 0.3
+    win = bld & (((u * 60) % 3) < 1.2) & (((v * 50) % 3) < 1.2)
+    rgb[win] = np.array([0.9, 0.8, 0.45], np.float32)
+    th[win] = 0.45
+    # A parked car on the right: dark in visible, warm engine in thermal.
+    car = (u > 0.68) & (u < 0.86) & (v > 0.58) & (v < 0.7)
+    rgb[car] = np.array([0.1, 0.1, 0.12], np.float32)
+    th[car] = 0.5
+    th[car & (u > 0.8)] = 0.85
+    # Pedestrians: ellipses (body) plus a head, walking across the road.
+    for k, (y0, speed, phase) in enumerate(((0.62, 0.004, 0.1), (0.75, -0.003, 0.7),
+                                            (0.55, 0.002, 0.4))):
+        x0 = (phase + speed * index) % 1.0
+        scale = 0.5 + (y0 - horizon)
+        body = (((u - x0) / (0.018 * scale)) ** 2 + ((v - y0) / (0.07 * scale)) ** 2) < 1
+        head = (((u - x0) / (0.012 * scale)) ** 2
+                + ((v - (y0 - 0.085 * scale)) / (0.016 * scale)) ** 2) < 1
+        person = body | head
+        rgb[person] = np.array([0.2, 0.19, 0.2], np.float32) + 0.01 * k
+        th[person] = 0.92 - 0.05 * k
+    rgb += rng.normal(0.0, 0.012, rgb.shape).astype(np.float32)
+    th += rng.normal(0.0, 0.02, th.shape).astype(np.float32)
+    return imaging.to_uint8(rgb), imaging.to_uint8(th)
+
+
+def write_synthetic_folder(folder, count: int, width: int = 640, height: int = 480) -> Path:
+    """Write ``count`` synthetic pairs as ``folder/vi/NNNNN.png`` and ``folder/ir/NNNNN.png``."""
+    folder = Path(folder)
+    for i in range(count):
+        rgb, th = synthetic_scene(i, width, height)
+        imaging.write_image(folder / 'vi' / f'{i:05d}.png', rgb)
+        imaging.write_image(folder / 'ir' / f'{i:05d}.png', th)
+    return folder
+
+
+def thermal_as(th8: np.ndarray, encoding: str) -> np.ndarray:
+    """Convert an 8-bit thermal frame to ``encoding`` (mono8, mono16, 16UC1 or 32FC1)."""
+    th8 = np.asarray(th8)
+    if th8.dtype != np.uint8:  # already 16-bit data from the folder
+        if encoding in ('mono16', '16UC1'):
+            return th8.astype(np.uint16)
+        th8 = (th8.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    if encoding == 'mono8':
+        return th8
+    if encoding in ('mono16', '16UC1'):
+        return (7000 + 8 * th8.astype(np.uint16)).astype(np.uint16)
+    if encoding == '32FC1':
+        return (10.0 + 30.0 * th8.astype(np.float32) / 255.0).astype(np.float32)
+    raise ValueError(f'thermal encoding {encoding!r} is not one of mono8, mono16, 16UC1, 32FC1')
+
+
+def rgb_as(rgb: np.ndarray, encoding: str) -> np.ndarray:
+    """Convert an RGB uint8 frame to ``encoding`` (rgb8, bgr8 or mono8)."""
+    if encoding == 'rgb8':
+        return rgb
+    if encoding == 'bgr8':
+        return np.ascontiguousarray(rgb[:, :, ::-1])
+    if encoding == 'mono8':
+        return (imaging.rgb_to_gray(rgb.astype(np.float32)) + 0.5).astype(np.uint8)
+    raise ValueError(f'RGB encoding {encoding!r} is not one of rgb8, bgr8, mono8')
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument('--data', help='MSRS-layout folder with vi/ and ir/ '
+                     '(default: <shared data>/msrs/val)')
+    src.add_argument('--synthetic', type=int, metavar='N',
+                     help='publish N generated frames of the synthetic scene instead')
+    p.add_argument('--size', default='640x480', help='synthetic image size WxH')
+    p.add_argument('--limit', type=int, help='read at most this many pairs from --data')
+    p.add_argument('--rate', type=float, default=30.0, help='pairs per second')
+    p.add_argument('--count', type=int, help='publish this many pairs (cycling the data)')
+    p.add_argument('--loop', action='store_true', help='cycle the data until interrupted')
+    p.add_argument('--stamp-offset', type=float, default=0.0,
+                   help='add this to the thermal stamp [s]')
+    p.add_argument('--jitter', type=float, default=0.0,
+                   help='uniform random thermal stamp jitter of +- this [s]')
+    p.add_argument('--rgb-encoding', default='rgb8', choices=('rgb8', 'bgr8', 'mono8'))
+    p.add_argument('--thermal-encoding', default='mono8',
+                   choices=('mono8', 'mono16', '16UC1', '32FC1'))
+    p.add_argument('--frame-id', default='camera', help='header frame_id of both images')
+    p.add_argument('--qos', default='best_effort', choices=('best_effort', 'reliable'))
+    p.add_argument('--wait-subscribers', type=float, default=10.0, metavar='SEC',
+                   help='wait up to SEC for a subscriber on both topics before publishing')
+    p.add_argument('--seed', type=int, default=0, help='jitter seed')
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point; returns the exit code."""
+    import rclpy
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from ssvif_ros.ros_image import numpy_to_image
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ros_args = []
+    if '--ros-args' in argv:
+        i = argv.index('--ros-args')
+        argv, ros_args = argv[:i], argv[i:]
+    args = _parse_args(argv)
+    if args.rate <= 0:
+        print(f'--rate must be > 0, got {args.rate}', file=sys.stderr)
+        return 2
+    if args.synthetic is not None:
+        w, h = (int(s) for s in args.size.lower().split('x'))
+        frames = [synthetic_scene(i, w, h) for i in range(args.synthetic)]
+        source = f'{args.synthetic} synthetic frames ({w}x{h})'
+    else:
+        folder = Path(args.data) if args.data else default_data_dir() / 'msrs' / 'val'
+        try:
+            frames = load_pairs(folder, args.limit)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f'pair_publisher: {exc}', file=sys.stderr)
+            return 2
+        source = f'{len(frames)} pairs from {folder}'
+    if not frames:
+        print('pair_publisher: nothing to publish', file=sys.stderr)
+        return 2
+
+    rclpy.init(args=['pair_publisher'] + ros_args)
+    node = rclpy.create_node('pair_publisher')
+    qos = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST,
+                     reliability=(ReliabilityPolicy.RELIABLE if args.qos == 'reliable'
+                                  else ReliabilityPolicy.BEST_EFFORT))
+    pub_rgb = node.create_publisher(Image, RGB_TOPIC, qos)
+    pub_th = node.create_publisher(Image, THERMAL_TOPIC, qos)
+    msgs = []
+    for rgb, th in frames:  # build every message once; only the stamps change per publication
+        m_rgb = numpy_to_image(rgb_as(rgb, args.rgb_encoding), args.rgb_encoding)
+        m_th = numpy_to_image(thermal_as(th, args.thermal_encoding), args.thermal_encoding)
+        m_rgb.header.frame_id = m_th.header.frame_id = args.frame_id
+        msgs.append((m_rgb, m_th))
+    total = args.count if args.count is not None else (None if args.loop else len(msgs))
+    rng = np.random.default_rng(args.seed)
+    published = 0
+    try:
+        t_wait = time.monotonic() + args.wait_subscribers
+        while time.monotonic() < t_wait and (pub_rgb.get_subscription_count() == 0
+                                             or pub_th.get_subscription_count() == 0):
+            time.sleep(0.05)
+        node.get_logger().info(f'publishing {source} at {args.rate:g} Hz on '
+                               f'{pub_rgb.topic_name} + {pub_th.topic_name}')
+        period = 1.0 / args.rate
+        t0 = time.monotonic()
+        while total is None or published < total:
+            deadline = t0 + published * period
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            m_rgb, m_th = msgs[published % len(msgs)]
+            now = time.time_ns()
+            th_ns = now + int(round((args.stamp_offset + (
+                rng.uniform(-args.jitter, args.jitter) if args.jitter > 0 else 0.0)) * 1e9))
+            m_rgb.header.stamp.sec, m_rgb.header.stamp.nanosec = divmod(now, 1_000_000_000)
+            m_th.header.stamp.sec, m_th.header.stamp.nanosec = divmod(th_ns, 1_000_000_000)
+            pub_rgb.publish(m_rgb)
+            pub_th.publish(m_th)
+            published += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        elapsed = max(time.monotonic() - t0, 1e-9) if published else 0.0
+        if published:
+            print(f'pair_publisher: published {published} pairs in {elapsed:.1f} s '
+                  f'({published / elapsed:.1f} Hz)', flush=True)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
