@@ -38,3 +38,21 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# Reproduce the embedded default model (CPU, about 25 minutes on 2 cores): train the real-time
+# model and, with the identical recipe, the SeAFusion-style comparator; export the first into
+# ssvif_ros/models/default; score both beside the max-luma rule on the MSRS validation pairs.
+MSRS ?= ../shared/data/msrs
+RUNS ?= runs/default-model
+.PHONY: default-model
+default-model: $(STAMP)
+	$(VENV)/bin/ssvif-train config/train/rtfusion_default.yaml --data $(MSRS)/train \
+	  --out $(RUNS)/rtfusion --set train.threads=1 --set train.progress=false & \
+	$(VENV)/bin/ssvif-train config/train/rtfusion_default.yaml --data $(MSRS)/train \
+	  --out $(RUNS)/seafusion --set model.name=seafusion --set train.threads=1 \
+	  --set train.progress=false; wait
+	$(VENV)/bin/ssvif-export $(RUNS)/rtfusion/best.pt --out ssvif_ros/models/default \
+	  --copy-checkpoint
+	$(VENV)/bin/ssvif-export $(RUNS)/seafusion/best.pt --out $(RUNS)/seafusion/model
+	$(PY) bench/model_quality.py --model rtfusion=ssvif_ros/models/default \
+	  --model seafusion=$(RUNS)/seafusion/model --data $(MSRS) --json $(RUNS)/quality.json

@@ -52,8 +52,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from ssvif_ros import imaging, metrics
     from ssvif_ros.backends import create_backend
-    data = Path(args.data or os.environ.get('SSVIF_DATA', REPO.parent / 'shared' / 'data')
-                / 'msrs')
+    data = Path(args.data) if args.data else \
+        Path(os.environ.get('SSVIF_DATA', REPO.parent / 'shared' / 'data')) / 'msrs'
     vi_dir = data / 'val' / 'vi'
     if not vi_dir.is_dir():
         print(f'MSRS validation pairs not found at {vi_dir}', file=sys.stderr)

@@ -105,3 +105,16 @@ def load_graph(path, seg_upsample: str = 'bilinear',
             'model_config': ckpt['fusion']['model_config'],
             'epoch': ckpt.get('state', {}).get('epoch')}
     return graph, info
+
+
+def write_deploy_checkpoint(src, dst) -> None:
+    """Write the deployable part of a training checkpoint (F, H, config) to ``dst``, atomically.
+
+    Drops SegFormer S, the optimizer and the training state, which only training needs.
+    """
+    from ssvif_train.models.registry import atomic_torch_save
+    ckpt = torch.load(src, map_location='cpu', weights_only=True)
+    keep = {k: ckpt[k] for k in ('format', 'fusion', 'head', 'config', 'config_digest')
+            if k in ckpt}
+    keep['state'] = {'epoch': ckpt.get('state', {}).get('epoch')}
+    atomic_torch_save(keep, dst)

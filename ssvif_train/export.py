@@ -13,7 +13,6 @@ import argparse
 import datetime
 import json
 import os
-import shutil
 import sys
 from typing import Optional
 
@@ -134,7 +133,8 @@ def export(checkpoint: str, out_dir: str, opset: int = 17, seg_upsample: str = '
     par = parity(graph, onnx_path, *probe)
     card = model_card(graph, info, onnx_path, opset, seg_upsample, par)
     if copy_checkpoint:
-        shutil.copyfile(checkpoint, os.path.join(out_dir, 'model.pt'))
+        from ssvif_train.deploy import write_deploy_checkpoint
+        write_deploy_checkpoint(checkpoint, os.path.join(out_dir, 'model.pt'))
         card['checkpoint_file'] = 'model.pt'
     tmp = os.path.join(out_dir, 'model.json.tmp')
     with open(tmp, 'w', encoding='utf-8') as f:
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
                          'upsampled low-resolution arg-max (cheaper)')
     ap.add_argument('--logits', action='store_true', help='also output the head logits')
     ap.add_argument('--copy-checkpoint', action='store_true',
-                    help='copy the checkpoint into the folder as model.pt (torch backend)')
+                    help='also write model.pt: F and H only, for the torch backend')
     ap.add_argument('--engine', action='store_true', help='also build a TensorRT engine')
     ap.add_argument('--fp16', action='store_true', help='TensorRT engine in FP16')
     ap.add_argument('--max-size', default='1920x1088',

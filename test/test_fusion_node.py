@@ -5,6 +5,7 @@ package's Fast DDS shared-memory profile, on a ROS domain private to this test s
 process publishes image pairs, subscribes to the outputs and /diagnostics, and calls the node's
 parameter service.
 """
+import json
 import os
 from pathlib import Path
 import signal
@@ -577,15 +578,65 @@ def test_corrupt_model_exits_with_clear_error(tmp_path):
     assert 'onnxruntime' in text
 
 
-def test_default_model_missing_exits_with_clear_error(tmp_path):
+def test_embedded_default_model_fuses_and_segments(ros, tmp_path):
+    """No model parameter: the node runs the embedded default model with ONNX Runtime."""
+    from ssvif_ros.models import default_model_dir
+    card = json.loads((Path(default_model_dir()) / 'model.json').read_text())
+    proc = start_node(tmp_path / 'default.log', 'backend:=onnxruntime', 'slop:=0.005',
+                      namespace='/dflt')
+    got = {'image': {}, 'segmentation': {}}
+    lock = threading.Lock()
+
+    def cb(key):
+        def f(msg):
+            with lock:
+                got[key][stamp_ns(msg.header)] = msg
+        return f
+    rel = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    subs = [ros.node.create_subscription(Image, f'/dflt/fused/{k}', cb(k), rel) for k in got]
+    pub_rgb = ros.node.create_publisher(Image, '/dflt/rgb/image_raw', 10)
+    pub_th = ros.node.create_publisher(Image, '/dflt/thermal/image_raw', 10)
+    frames = ([(rgb, th) for rgb, th in load_pairs(MSRS_VAL, limit=10)] if MSRS_VAL.is_dir()
+              else [synthetic_scene(i, 640, 480) for i in range(10)])
+    sent = {}
     try:
-        from ssvif_ros.models import default_model_dir
-        default_model_dir()
-    except Exception:  # noqa: BLE001 - no usable default model: the node must say so
-        text = _start_fails(tmp_path, 'backend:=onnxruntime')
-        assert 'embedded default model is not available' in text
-    else:
-        pytest.skip('an embedded default model exists; nothing is missing')
+        end = time.monotonic() + 60
+        i = 0
+        while time.monotonic() < end:
+            with lock:
+                done = len(set(got['image']) & set(got['segmentation'])) >= 5
+            if done or proc.poll() is not None:
+                break
+            rgb, th = frames[i % len(frames)]
+            now = time.time_ns()
+            pub_rgb.publish(set_stamp(numpy_to_image(rgb, 'rgb8'), now))
+            pub_th.publish(set_stamp(numpy_to_image(th, 'mono8'), now, 'thermal_cam'))
+            sent[now] = (rgb, th)
+            i += 1
+            time.sleep(1 / 15)
+        assert proc.poll() is None, node_log(proc)
+        with lock:
+            both = sorted(set(got['image']) & set(got['segmentation']))
+            assert len(both) >= 5, f'{len(both)} outputs:\n{node_log(proc)}'
+            for st in both:
+                assert st in sent
+                rgb, th = sent[st]
+                fused = image_to_numpy(got['image'][st])
+                ids = image_to_numpy(got['segmentation'][st])
+                assert fused.shape == rgb.shape and ids.shape == rgb.shape[:2]
+                assert int(ids.max()) < card['num_classes']
+                assert changed_fraction(fused, rgb) >= 0.01
+                assert changed_fraction(fused, th[:, :, None]) >= 0.01
+    finally:
+        for s in subs:
+            ros.node.destroy_subscription(s)
+        ros.node.destroy_publisher(pub_rgb)
+        ros.node.destroy_publisher(pub_th)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @pytest.mark.parametrize('param,words', [
