@@ -149,11 +149,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    ros_args = []
-    if '--ros-args' in argv:
-        i = argv.index('--ros-args')
-        argv, ros_args = argv[:i], argv[i:]
+    from ssvif_ros.tools import split_ros_args
+    argv, ros_args = split_ros_args(argv)
     args = _parse_args(argv)
     rclpy.init(args=['fused_recorder'] + ros_args)
     node = rclpy.create_node('fused_recorder')

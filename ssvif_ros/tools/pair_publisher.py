@@ -199,11 +199,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from ssvif_ros.ros_image import numpy_to_image
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    ros_args = []
-    if '--ros-args' in argv:
-        i = argv.index('--ros-args')
-        argv, ros_args = argv[:i], argv[i:]
+    from ssvif_ros.tools import split_ros_args
+    argv, ros_args = split_ros_args(argv)
     args = _parse_args(argv)
     if args.rate <= 0:
         print(f'--rate must be > 0, got {args.rate}', file=sys.stderr)
