@@ -88,7 +88,8 @@ class TrainConfig:
     stage1_max_epochs: int = 50   # cap on stage I length
     steps_per_epoch: int = 0      # 0 = one pass over the training set
     device: str = 'auto'          # auto | cpu | cuda | cuda:N
-    amp: bool = True              # mixed precision on CUDA (ignored on CPU)
+    amp: bool = True              # mixed precision on CUDA (fp16 + GradScaler)
+    amp_cpu: bool = False         # bf16 autocast on CPU (off by default: slower on most CPUs)
     threads: int = 0              # torch CPU threads (0 = torch default)
     log_every: int = 1            # steps between CSV/TensorBoard step rows
     val_metrics: List[str] = field(  # ssvif_ros.metrics names, grey CDDFuse convention

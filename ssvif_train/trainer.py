@@ -143,8 +143,11 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.params_shared + self.params_other,
                                           lr=cfg.train.lr)
         self.weighting = create_weighting(cfg.weighting)
-        self.use_amp = cfg.train.amp and self.device.type == 'cuda'
-        self.scaler = torch.amp.GradScaler('cuda', enabled=self.use_amp)
+        # Mixed precision: fp16 autocast + GradScaler on CUDA; bf16 on CPU only on request.
+        self.use_amp = (cfg.train.amp and self.device.type == 'cuda') or \
+            (cfg.train.amp_cpu and self.device.type == 'cpu')
+        self.amp_dtype = torch.float16 if self.device.type == 'cuda' else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
         self.model = self.net
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -269,15 +272,17 @@ class Trainer:
         ir = ir.to(self.device, non_blocking=True)
         # DDP must not reduce on its own: the two task gradients are averaged in _allreduce.
         nosync = self.model.no_sync() if self.distributed else contextlib.nullcontext()
-        with nosync, torch.autocast('cuda', dtype=torch.float16, enabled=self.use_amp):
+        with nosync, torch.autocast(self.device.type, dtype=self.amp_dtype,
+                                    enabled=self.use_amp):
             fused, logits_a, logits_b = self.model(ir, vis, stage2)
         fused = fused.float()
         f_terms = losses.fusion_terms(fused, ir, vis)
         l_fusion = losses.weighted_fusion(f_terms, self.lambdas)
+        # scaler.scale() also initialises the scaler's state that scaler.step() checks.
+        scaled = self.scaler.scale(l_fusion)
         scale = self.scaler.get_scale() if self.use_amp else 1.0
         shared, other = self.params_shared, self.params_other
-        g_f = torch.autograd.grad(l_fusion * scale, shared, retain_graph=stage2,
-                                  allow_unused=True)
+        g_f = torch.autograd.grad(scaled, shared, retain_graph=stage2, allow_unused=True)
         g_f = self._allreduce(list(g_f), shared)
         row = {k: float(v.detach()) for k, v in f_terms.items()}
         row['loss_fusion'] = self._mean_scalar(float(l_fusion.detach()))
@@ -286,7 +291,8 @@ class Trainer:
             c_terms = losses.csc_terms(logits_a, logits_b, tuple(vis.shape[-2:]),
                                        self.cfg.loss.dice_eps)
             l_csc = losses.csc_total(c_terms)
-            g_c = torch.autograd.grad(l_csc * scale, shared + other, allow_unused=True)
+            g_c = torch.autograd.grad(self.scaler.scale(l_csc), shared + other,
+                                      allow_unused=True)
             g_c = self._allreduce(list(g_c), shared + other)
             gc_shared = g_c[:len(shared)]
             norm_c = math.sqrt(sum(float(g.double().pow(2).sum()) for g in gc_shared)) / scale
