@@ -49,8 +49,6 @@ from ssvif_ros.pairing import ApproxTimePairer
 NODE_NAME = 'fusion_node'
 RGB, THERMAL = 0, 1
 STREAM_NAMES = ('rgb', 'thermal')
-RGB_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', '8UC1')
-THERMAL_ENCODINGS = ('mono8', '8UC1', 'mono16', '16UC1', '32FC1')
 MODEL_FREE_BACKENDS = ('identity', 'maxluma')
 IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 WARN_THROTTLE_SEC = 5.0
@@ -484,7 +482,7 @@ class FusionNode(Node):
         except ros_image.ImageFormatError as exc:
             self._drop(f'{name}.{exc.reason}', f'{name} frame: {exc}')
             return
-        allowed = RGB_ENCODINGS if stream == RGB else THERMAL_ENCODINGS
+        allowed = ros_image.RGB_ENCODINGS if stream == RGB else ros_image.THERMAL_ENCODINGS
         if msg.encoding not in allowed:
             self._drop(f'{name}.unsupported_encoding',
                        f'{name} encoding {msg.encoding!r} is not one of {", ".join(allowed)}')

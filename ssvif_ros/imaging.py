@@ -425,8 +425,22 @@ def read_image(path, mode: str = 'any') -> np.ndarray:
     return img
 
 
+def decode_image(buf) -> np.ndarray:
+    """Decode an encoded image in memory (JPEG, PNG, ...) to H x W x 3 uint8 RGB.
+
+    The in-memory twin of :func:`read_image` (e.g. sensor_msgs/CompressedImage data). Raises
+    ValueError when the bytes cannot be decoded.
+    """
+    import cv2
+    arr = np.frombuffer(buf, dtype=np.uint8)  # (n,) encoded bytes
+    img = cv2.imdecode(arr, cv2.IMREAD_COLOR)  # H x W x 3 BGR, or None
+    if img is None or img.size == 0:
+        raise ValueError(f'cannot decode {len(arr)} bytes as an image')
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
 def write_image(path, img: np.ndarray) -> None:
-    """Write an RGB (H x W x 3) or mono uint8/uint16 image; PNG keeps 16 bits."""
+    """Write an RGB (H x W x 3) or mono uint8/uint16 image (PNG keeps 16 bits; TIFF float32)."""
     import cv2
     path = os.fspath(path)
     img = np.asarray(img)

@@ -63,6 +63,11 @@ class ImageFormatError(ValueError):
         self.reason = reason
 
 
+# Encodings the fusion node (and the bag extractor) accept on each input.
+RGB_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', '8UC1')
+THERMAL_ENCODINGS = ('mono8', '8UC1', 'mono16', '16UC1', '32FC1')
+
+
 def check_image(msg) -> Tuple[np.dtype, int]:
     """Validate the metadata of an Image without touching its pixels (cheap, O(1)).
 
