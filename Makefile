@@ -52,7 +52,7 @@ default-model: $(STAMP)
 	  --out $(RUNS)/seafusion --set model.name=seafusion --set train.threads=1 \
 	  --set train.progress=false; wait
 	$(VENV)/bin/ssvif-export $(RUNS)/rtfusion/best.pt --out ssvif_ros/models/default \
-	  --copy-checkpoint
+	  --copy-checkpoint --seg-upsample nearest
 	$(VENV)/bin/ssvif-export $(RUNS)/seafusion/best.pt --out $(RUNS)/seafusion/model
 	$(PY) bench/model_quality.py --model rtfusion=ssvif_ros/models/default \
 	  --model seafusion=$(RUNS)/seafusion/model --data $(MSRS) --json $(RUNS)/quality.json
