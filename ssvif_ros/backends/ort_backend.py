@@ -38,6 +38,9 @@ class OrtBackend(GraphBackend):
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle intra-op threads sleep instead of spinning: on a robot the node shares its cores
+        # with camera drivers and DDS, which spinning threads would starve.
+        so.add_session_config_entry('session.intra_op.allow_spinning', '0')
         try:
             self.session = ort.InferenceSession(path, sess_options=so,
                                                 providers=[p for p in wanted if p in available])
