@@ -143,6 +143,8 @@ def _build(cls, data: Dict[str, Any], prefix: str):
             else f.default
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value or {}, f'{prefix}{name}.')
+        elif default is None and value is not None and 'float' in str(f.type):
+            kwargs[name] = _coerce(value, 0.0, f'{prefix}{name}')  # Optional[float]
         else:
             kwargs[name] = _coerce(value, default, f'{prefix}{name}')
     return cls(**kwargs)
@@ -160,6 +162,12 @@ def _coerce(value, default, key):
             raise ConfigError(f'{key} must be an integer, got {value!r}')
         return value
     if isinstance(default, float):
+        if isinstance(value, str):
+            # YAML 1.1 reads 1e-4 (no dot) as a string; accept what Python reads as a number.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f'{key} must be a number, got {value!r}')
         return float(value)

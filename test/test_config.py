@@ -32,6 +32,10 @@ def test_overrides_parse_yaml_values_and_types_are_checked(tmp_path):
                              'train.val_metrics=EN,SSIM', 'weighting.method=dwa'])
     assert cfg.train.epochs == 3 and cfg.train.csc is False
     assert cfg.model.args == {'width': 8} and cfg.train.val_metrics == ['EN', 'SSIM']
+    assert load_config(None, ['train.lr=1e-4']).train.lr == 1e-4  # YAML 1.1 reads a string
+    assert load_config(None, ['data.thermal_lo=2e3']).data.thermal_lo == 2000.0
+    with pytest.raises(ConfigError, match='data.thermal_hi must be a number'):
+        load_config(None, ['data.thermal_hi=hot'])
     with pytest.raises(ConfigError, match='train.epochs must be an integer'):
         load_config(None, ['train.epochs=many'])
     with pytest.raises(ConfigError, match='weighting.method must be one of'):

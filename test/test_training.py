@@ -161,3 +161,24 @@ def test_mixed_precision_path_with_grad_scaler(msrs_subset, tmp_path):
     rows = read_csv(out / 'steps.csv')
     assert all(np.isfinite(float(r['loss_total'])) and np.isfinite(float(r['g_b']))
                for r in rows)
+
+
+def test_early_stopping_on_validation_fusion_loss(msrs_subset, tmp_path):
+    """Patience 1 stops a run whose validation L_fusion stops improving.
+
+    A learning rate too small to change anything keeps it equal after the first epoch, so the
+    run ends after epoch 2 of 5.
+    """
+    data = msrs_subset(6)
+    out = tmp_path / 'es'
+    rc = train_main(['--data', str(data), '--out', str(out), '--set', 'model.name=seafusion',
+                     '--set', 'model.args={widths: [8, 8, 8]}', '--set', 'train.csc=false',
+                     '--set', 'train.epochs=5', '--set', 'train.patience=1',
+                     '--set', 'train.lr=1e-30', '--set', 'train.val_metrics=[]']
+                    + [a for s in SMALL for a in ('--set', s)])
+    assert rc == 0
+    rows = read_csv(out / 'epochs.csv')
+    assert len(rows) == 2
+    assert rows[0]['val_fusion'] == rows[1]['val_fusion']
+    ck = torch.load(out / 'last.pt', weights_only=True)
+    assert ck['state']['bad_epochs'] == 1 and ck['state']['epoch'] == 2
