@@ -102,7 +102,10 @@ class RecorderSession:
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.signals import SignalHandlerOptions
 
+        from ssvif_ros.runtime import tune_malloc
         from ssvif_ros.tools.fused_recorder import FusedRecorder
+
+        tune_malloc()  # this process receives the images: recycle their buffers
 
         self._rclpy = rclpy
         self.ctx = rclpy.Context()

@@ -43,6 +43,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from ssvif_ros import imaging
 from ssvif_ros import ros_image
+from ssvif_ros import runtime
 from ssvif_ros.backends import BackendError, BACKENDS, create_backend
 from ssvif_ros.pairing import ApproxTimePairer
 
@@ -628,31 +629,9 @@ def scaled_camera_info(info: CameraInfo, header, width: int, height: int) -> Cam
     return out
 
 
-def tune_malloc() -> bool:
-    """Let glibc keep freed image-sized buffers for reuse; True when applied (Linux/glibc).
-
-    By default glibc serves each multi-megabyte NumPy temporary with a fresh mmap and unmaps it
-    when freed, so every frame page-faults its working set in again; measured on the dev VM at
-    640x480 that made max-luma fusion 13.6 ms instead of 5.1 ms and ``to_uint8`` 4.9 ms
-    instead of 0.6 ms. With a 64 MiB mmap threshold and a 256 MiB trim threshold the per-frame
-    buffers are recycled from the heap; the resident size settles at the working set of one
-    pair (flat over time, see bench/node_latency.py). Set SSVIF_MALLOC_TUNING=0 to disable.
-    """
-    if os.environ.get('SSVIF_MALLOC_TUNING', '1') == '0' or not sys.platform.startswith('linux'):
-        return False
-    try:
-        import ctypes
-        libc = ctypes.CDLL('libc.so.6')
-        m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-        return bool(libc.mallopt(m_mmap_threshold, 64 << 20)) and bool(
-            libc.mallopt(m_trim_threshold, 256 << 20))
-    except (OSError, AttributeError):  # not glibc (musl, ...): keep the defaults
-        return False
-
-
 def main(args=None) -> int:
     """Run the node until SIGINT/SIGTERM; return the process exit code (0, or 1 on errors)."""
-    tune_malloc()
+    runtime.tune_malloc()
     rclpy.init(args=args)
     node = None
     code = 0

@@ -149,7 +149,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
+    from ssvif_ros.runtime import tune_malloc
     from ssvif_ros.tools import split_ros_args
+
+    tune_malloc()  # as the node: received image buffers recycled, not mapped per message
     argv, ros_args = split_ros_args(argv)
     args = _parse_args(argv)
     rclpy.init(args=['fused_recorder'] + ros_args)

@@ -198,8 +198,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from sensor_msgs.msg import Image
 
     from ssvif_ros.ros_image import numpy_to_image
-
+    from ssvif_ros.runtime import tune_malloc
     from ssvif_ros.tools import split_ros_args
+
+    tune_malloc()  # as the node: image buffers recycled, not mapped per frame
     argv, ros_args = split_ros_args(argv)
     args = _parse_args(argv)
     if args.rate <= 0:
