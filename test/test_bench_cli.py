@@ -31,3 +31,17 @@ def test_bench_reports_a_bad_model_by_name(tmp_path):
     res = subprocess.run([sys.executable, '-m', 'ssvif_ros.bench_cli', '--size', '640by480'],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and 'WxH' in res.stderr
+
+
+def test_bench_paces_calls_at_a_camera_rate(tmp_path):
+    out = tmp_path / 'bench.json'
+    res = subprocess.run([sys.executable, '-m', 'ssvif_ros.bench_cli', '--backend', 'maxluma',
+                          '--runs', '4', '--warmup', '0', '--rate', '30', '--size', '64x48',
+                          '--json', str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert '4 timed runs started at 30 Hz' in res.stdout
+    (r,) = json.loads(out.read_text())['results']
+    assert r['rate_hz'] == 30.0 and r['runs'] == 4
+    res = subprocess.run([sys.executable, '-m', 'ssvif_ros.bench_cli', '--rate', '-1'],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and '--rate >= 0' in res.stderr

@@ -76,6 +76,18 @@ def test_uint8_conversion_rounds_and_clips():
     assert imaging.to_uint8(x).tolist() == [0, 0, 128, 255, 255]
 
 
+def test_to_uint8_of_a_planar_view_is_interleaved_and_equal_to_the_contiguous_result():
+    rng = np.random.default_rng(3)
+    chw = rng.random((3, 48, 64), dtype=np.float32) * 1.4 - 0.2  # out-of-range values too
+    view = chw.transpose(1, 2, 0)  # H x W x 3 view of planar memory, as backends return
+    got = imaging.to_uint8(view)
+    assert got.flags.c_contiguous and got.shape == (48, 64, 3) and got.dtype == np.uint8
+    want = np.floor(np.clip(np.ascontiguousarray(view) * 255.0, 0, 255) + 0.5)
+    assert np.array_equal(got, want.astype(np.uint8))
+    for c in range(3):
+        assert np.array_equal(got[:, :, c], imaging.to_uint8(chw[c]))
+
+
 def test_preprocess_pair_shapes_and_size_mismatch():
     vis = np.zeros((4, 6, 3), np.uint8)
     ir = np.full((4, 6), 255, np.uint8)
