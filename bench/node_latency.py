@@ -10,8 +10,11 @@ quarter of the run or 30 s, while buffers and DDS history fill).
 
 * ``identity`` (fused = visible) measures everything except inference: transport in and out,
   decoding, pairing, normalization, encoding. Its end-to-end median is the node overhead.
+* ``relay`` runs ``bench/relay_node.py`` in the node's place: it forwards the received messages
+  unchanged, so its latency is the transport floor (two DDS hops through a Python node);
+  identity minus relay, in the same run, is what the node itself adds.
 * The default run measures the embedded default model (onnxruntime) when it exists, otherwise
-  ``maxluma``, and ``identity``. ``--backend`` (repeatable) chooses others.
+  ``maxluma``, then ``identity`` and ``relay``. ``--backend`` (repeatable) chooses others.
 * Before each model backend's node run, the same backend runs alone in a child process
   (``ssvif-bench``'s measurement, calls started at ``--rate``) on the same machine: the model's
   own inference time and tail, without ROS, transport or other processes.
@@ -30,6 +33,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +44,7 @@ from ssvif_ros.demo import (default_msrs_val, RecorderSession, ros_env, start_fu
                             start_publisher, stop, tail)
 
 TOPICS = ('fused/image', 'fused/segmentation')
+RELAY = 'relay'  # not a backend: bench/relay_node.py in the node's place
 
 
 def memory_mib(pid: int):
@@ -75,7 +80,12 @@ def run_one(backend, model, args, env, workdir: Path):
     if model:
         params.append(f'model:={model}')
     log = workdir / f'fusion_node_{backend}.log'
-    node = start_fusion_node(params, log, env)
+    if backend == RELAY:
+        with open(log, 'w') as out:
+            node = subprocess.Popen([sys.executable, str(Path(__file__).with_name(
+                'relay_node.py'))], env=env, stdout=out, stderr=subprocess.STDOUT)
+    else:
+        node = start_fusion_node(params, log, env)
     topics = TOPICS + (('fused/segmentation_color',) if args.color else ())
     session = RecorderSession(topics)
     publisher = None
@@ -182,6 +192,7 @@ def report(results, args) -> None:
         elif iso:
             print(f'{r["backend"]} alone: ERROR {iso["error"]}')
     ident = next((r for r in ok if r['backend'] == 'identity'), None)
+    relay = next((r for r in ok if r['backend'] == RELAY), None)
     print('\ntargets:')
     if ident:
         over = ident['latency_ms']['median']
@@ -189,8 +200,12 @@ def report(results, args) -> None:
         print(f'  node overhead per pair (identity end-to-end median) {over:.1f} ms '
               f'[target <= 5 ms]: {"met" if over <= 5 else "NOT met"}; of which inside the '
               f'node (processing - inference, p50) {inside:.1f} ms')
+        if relay:
+            floor = relay['latency_ms']['median']
+            print(f'    transport floor (relay end-to-end median, same run) {floor:.1f} ms: the '
+                  f'node adds {over - floor:.1f} ms to it ({over / floor:.2f} x the floor)')
     for r in ok:
-        if r['backend'] == 'identity':
+        if r['backend'] in ('identity', RELAY):
             continue
         p99, inf50, inf99 = r['latency_ms']['p99'], r['inference_ms_p50'], r['inference_ms_p99']
         print(f'  {r["backend"]}: end-to-end p99 {p99:.1f} ms [target p99 <= 1.5 x inference]: '
@@ -216,7 +231,8 @@ def main(argv=None) -> int:
     """Run the benchmark; return the exit code."""
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--backend', action='append',
-                   help='backend to measure (repeatable); default: default model + identity')
+                   help='backend to measure (repeatable), or relay; default: default model, '
+                   'identity and relay')
     p.add_argument('--model', default='', help="model for model-needing backends ('' default)")
     p.add_argument('--duration', type=float, default=20.0, help='seconds measured per backend')
     p.add_argument('--warmup', type=float, default=3.0, help='seconds before measuring')
@@ -235,10 +251,10 @@ def main(argv=None) -> int:
     backends = args.backend
     if not backends:
         if default_model_available():
-            backends = ['onnxruntime', 'identity']
+            backends = ['onnxruntime', 'identity', RELAY]
         else:
-            print('embedded default model not available: measuring maxluma + identity')
-            backends = ['maxluma', 'identity']
+            print('embedded default model not available: measuring maxluma, identity, relay')
+            backends = ['maxluma', 'identity', RELAY]
     env = ros_env()
     os.environ.update({k: env[k] for k in (
         'RMW_IMPLEMENTATION', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID',
@@ -247,9 +263,9 @@ def main(argv=None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix='ssvif_bench_') as tmp:
         for b in backends:
-            model = args.model if b not in ('identity', 'maxluma') else ''
+            model = args.model if b not in ('identity', 'maxluma', RELAY) else ''
             iso = None
-            if b != 'identity':
+            if b not in ('identity', RELAY):
                 print(f'measuring {b} alone ...', flush=True)
                 iso = isolated_inference(b, model, args)
             print(f'measuring {b} through the node ...', flush=True)

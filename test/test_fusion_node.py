@@ -409,6 +409,11 @@ def test_diagnostics_report_rates_latency_and_backend(ros, fusion):
     assert int(d['published']) > 0 and int(d['pairs']) >= int(d['published'])
     assert float(d['inference_ms_p50']) > 0.0
     assert float(d['inference_ms_p99']) >= float(d['inference_ms_p50'])
+    stages = {k: float(d[f'{k}_ms_p50']) for k in ('queue', 'decode', 'publish', 'processing')}
+    assert stages['queue'] >= 0.0 and stages['decode'] > 0.0 and stages['publish'] > 0.0
+    assert float(d['queue_ms_p99']) >= stages['queue']
+    # processing is decode + inference + publish of the same pair; the mailbox wait is not in it
+    assert stages['processing'] >= stages['decode'] and stages['processing'] >= stages['publish']
 
 
 def test_camera_info_passthrough(ros, fusion):
