@@ -198,9 +198,10 @@ def to_uint8(x) -> np.ndarray:
     u = y.astype(np.uint8)  # same memory order as y
     if u.flags.c_contiguous:
         return u
-    if u.ndim == 3 and 1 < u.shape[2] <= 4 and u.transpose(2, 0, 1).flags.c_contiguous:
+    if u.ndim == 3 and 1 < u.shape[2] <= 4 and u.strides[1] == 1 and u.strides[2] > 1:
+        # Planar (or a crop of planar): each channel is an H x W plane with contiguous rows.
         import cv2
-        merged = cv2.merge(list(u.transpose(2, 0, 1)))  # H x W x C interleaved
+        merged = cv2.merge([u[:, :, c] for c in range(u.shape[2])])  # H x W x C
         return merged.reshape(u.shape)
     return np.ascontiguousarray(u)
 

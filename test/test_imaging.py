@@ -86,6 +86,9 @@ def test_to_uint8_of_a_planar_view_is_interleaved_and_equal_to_the_contiguous_re
     assert np.array_equal(got, want.astype(np.uint8))
     for c in range(3):
         assert np.array_equal(got[:, :, c], imaging.to_uint8(chw[c]))
+    crop = view[:45, :61]  # a padded model output cropped back (GraphBackend.infer)
+    got = imaging.to_uint8(crop)
+    assert got.flags.c_contiguous and np.array_equal(got, imaging.to_uint8(crop.copy()))
 
 
 def test_preprocess_pair_shapes_and_size_mismatch():
