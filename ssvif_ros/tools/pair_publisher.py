@@ -26,6 +26,7 @@ import numpy as np
 
 from ssvif_ros import imaging
 
+MATCH_SETTLE_S = 0.5  # after the subscribers appear, before the first frame
 RGB_TOPIC = 'rgb/image_raw'
 THERMAL_TOPIC = 'thermal/image_raw'
 
@@ -186,7 +187,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument('--frame-id', default='camera', help='header frame_id of both images')
     p.add_argument('--qos', default='best_effort', choices=('best_effort', 'reliable'))
     p.add_argument('--wait-subscribers', type=float, default=10.0, metavar='SEC',
-                   help='wait up to SEC for a subscriber on both topics before publishing')
+                   help='wait up to SEC for a subscriber on both topics before publishing '
+                   f'(then {MATCH_SETTLE_S:g} s more, so that they match this publisher too)')
     p.add_argument('--seed', type=int, default=0, help='jitter seed')
     return p.parse_args(argv)
 
@@ -244,6 +246,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         while time.monotonic() < t_wait and (pub_rgb.get_subscription_count() == 0
                                              or pub_th.get_subscription_count() == 0):
             time.sleep(0.05)
+        if pub_rgb.get_subscription_count() and pub_th.get_subscription_count():
+            # Discovery is two-sided: this side has matched the subscribers, theirs may not have
+            # matched these writers yet, and best-effort frames sent before that are lost.
+            time.sleep(MATCH_SETTLE_S)
         node.get_logger().info(f'publishing {source} at {args.rate:g} Hz on '
                                f'{pub_rgb.topic_name} + {pub_th.topic_name}')
         period = 1.0 / args.rate
