@@ -487,6 +487,53 @@ def test_bad_frames_are_counted_and_node_survives(ros, fusion):
     assert any(stamp_ns(m.header) in sent for m in wait_outputs(ros, 1))
 
 
+def _rss_anon_mib(pid):
+    for line in Path(f'/proc/{pid}/status').read_text().splitlines():
+        if line.startswith('RssAnon:'):
+            return int(line.split()[1]) / 1024.0
+    pytest.skip('this kernel reports no RssAnon in /proc/<pid>/status')
+
+
+def test_memory_stays_flat_under_a_flood_of_bad_frames(ros, fusion):
+    rgb, th = synthetic_scene(0, 320, 240)
+    wrong_encoding = numpy_to_image(rgb, 'rgb8')
+    wrong_encoding.encoding = 'yuv422'  # dropped on arrival
+    good_rgb = numpy_to_image(rgb, 'rgb8')
+    nan = (10.0 + th / 8.0).astype(np.float32)
+    nan[5:9, 5:9] = np.nan
+    nan_thermal = numpy_to_image(nan, '32FC1')  # pairs, dropped by the worker
+    small_thermal = numpy_to_image(th[::2, ::2].copy(), 'mono8')  # pairs, size_mismatch: reject
+
+    def flood(n):
+        for _ in range(n):
+            ros.pub_rgb.publish(set_stamp(wrong_encoding, time.time_ns()))
+            for thermal in (nan_thermal, small_thermal):
+                t = time.time_ns()
+                ros.pub_rgb.publish(set_stamp(good_rgb, t))
+                ros.pub_th.publish(set_stamp(thermal, t))
+            time.sleep(0.004)
+        time.sleep(1.0)  # let the node drain its queues
+
+    def bad_count(d):
+        return sum(_drops(d, r) for r in ('rgb.unsupported_encoding', 'thermal.non_finite',
+                                          'size_mismatch', 'inference_busy'))
+
+    flood(150)  # warm-up: buffers of these sizes, DDS history
+    before = ros.wait_diag(lambda d: True)
+    rss0 = _rss_anon_mib(fusion.pid)
+    flood(300)
+    flood(300)
+    rss1 = _rss_anon_mib(fusion.pid)
+    after = ros.wait_diag(lambda d: bad_count(d) >= bad_count(before) + 900)
+    # 600 x (0.9 MB of bad or unusable input) went through; each frame kept would be +0.3 MB.
+    assert bad_count(after) - bad_count(before) >= 900, after
+    assert rss1 - rss0 < 8.0, (rss0, rss1)
+    assert fusion.poll() is None
+    ros.clear()
+    sent = publish_pairs(ros, [synthetic_scene(i, 160, 120) for i in range(5)])
+    assert any(stamp_ns(m.header) in sent for m in wait_outputs(ros, 1))
+
+
 def test_parameter_changes_valid_and_invalid(ros, fusion):
     rejected = {
         'slop': -1.0,                    # outside the declared range
