@@ -94,8 +94,17 @@ def run_one(backend, model, args, env, workdir: Path):
             return {'backend': backend, 'error': f'node did not start:\n{tail(log)}'}
         source = (['--synthetic', '30', '--size', args.size] if args.synthetic
                   else ['--data', str(args.data)])
-        publisher = start_publisher(source + ['--rate', str(args.rate), '--loop'],
-                                    workdir / f'publisher_{backend}.log', env)
+        pub_log = workdir / f'publisher_{backend}.log'
+        publisher = start_publisher(source + ['--rate', str(args.rate), '--loop'], pub_log, env)
+        # The warm-up starts with the first output, not with the publisher process (its start-up
+        # and discovery take a second or more, longer on a loaded machine).
+        end = time.monotonic() + 60.0
+        while session.recorder.count() == 0:
+            if node.poll() is not None or publisher.poll() is not None or \
+                    time.monotonic() > end:
+                return {'backend': backend, 'error': 'no fused/image message after starting the '
+                        f'publisher; node log:\n{tail(log)}\npublisher log:\n{tail(pub_log)}'}
+            time.sleep(0.05)
         time.sleep(args.warmup)
         session.recorder.reset()
         rss = []
@@ -235,7 +244,8 @@ def main(argv=None) -> int:
                    'identity and relay')
     p.add_argument('--model', default='', help="model for model-needing backends ('' default)")
     p.add_argument('--duration', type=float, default=20.0, help='seconds measured per backend')
-    p.add_argument('--warmup', type=float, default=3.0, help='seconds before measuring')
+    p.add_argument('--warmup', type=float, default=3.0,
+                   help='seconds from the first output to the start of measuring')
     p.add_argument('--rate', type=float, default=30.0)
     p.add_argument('--size', default='640x480', help='synthetic image size')
     p.add_argument('--data', type=Path, default=default_msrs_val(),
