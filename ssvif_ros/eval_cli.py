@@ -31,6 +31,21 @@ Predictions and labels are single-channel class-id images paired by stem; writes
 :func:`ssvif_ros.imaging.class_names`, mIoU over classes present in label or prediction, pixel
 accuracy, confusion matrix).
 
+Object boxes::
+
+    ssvif-eval boxes --pred DIR [--pred DIR2 ...] [--name NAME ...] --boxes DIR --out OUT_DIR
+                     [--classes person,car,bike] [--box-classes person,bicycle,car]
+                     [--baseline-ir IR_DIR]
+
+Scores semantic class maps (single-channel images of semantic ids, :mod:`ssvif_ros.labels`:
+1 car, 2 person, 3 bike) against YOLO box files: per class box recall (a box is found when at
+least 20 % of its pixels carry its class), pixel precision (share of the class's pixels inside a
+box of that class grown by 5 px), their F1, and box-F1 = the mean F1 over the classes. One row
+per ``--pred`` folder; ``--baseline-ir`` adds the trivial rule "thermal > mean + 2 SD = person"
+computed from that folder's thermal images. Every box file is an image to score (an empty one has
+no objects); a box file without a prediction is listed as a problem. Writes
+``box_scores.md`` and ``box_scores.json``.
+
 Errors (missing or empty folder, unreadable image, bad option) print one line naming the thing at
 fault and exit with status 2.
 """
@@ -46,7 +61,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ssvif_ros import imaging, metrics
+from ssvif_ros import imaging, labels, metrics
 
 TILE_HEIGHT = 180
 
@@ -226,7 +241,8 @@ def _fusion(args) -> int:
 
 def _progress(total: int, quiet: bool):
     from tqdm import tqdm
-    return tqdm(total=total, desc='ssvif-eval', unit='img', disable=quiet, file=sys.stderr)
+    return tqdm(total=total, desc='ssvif-eval', unit='img', disable=True if quiet else None,
+                file=sys.stderr)  # None: off when stderr is not a terminal
 
 
 def _fusion_markdown(args, names, methods, stems, report, problems) -> str:
@@ -321,6 +337,47 @@ def _contact_sheet(path: Path, stems: Sequence[str], methods: Sequence[str],
     imaging.write_image(path, np.concatenate(lines, axis=0))
 
 
+def _legend(width: int, class_names: Sequence[str], pal: np.ndarray) -> np.ndarray:
+    """A white strip with one colour swatch and name per class (background left out)."""
+    import cv2
+    strip = np.full((26, width, 3), 255, dtype=np.uint8)
+    x = 6
+    for i, name in enumerate(class_names):
+        if i == 0:
+            continue
+        strip[6:20, x:x + 14] = pal[i]
+        cv2.putText(strip, name, (x + 18, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+        x += 30 + 9 * len(name)
+    return strip
+
+
+def write_class_sheet(path, rows, class_names: Sequence[str], pal: np.ndarray,
+                      alpha: float = 0.55) -> None:
+    """A contact sheet of class maps: per row visible | thermal | fused | classes over fused.
+
+    ``rows``: ``(title, vis uint8 H x W x 3, ir uint8 H x W, fused uint8 H x W x 3, ids H x W)``;
+    background (id 0) is left uncoloured so the objects stand out. A legend heads the sheet.
+    """
+    lines = []
+    for title, vis, ir, fused, ids in rows:
+        color = imaging.colorize(ids, pal)
+        over = np.where((ids > 0)[:, :, None], imaging.overlay(fused, color, alpha), fused)
+        cells = [(vis, 'visible'), (ir, 'thermal'), (fused, 'fused'), (over, 'classes')]
+        tiles = []
+        for img, what in cells:
+            t = _tile(img, TILE_HEIGHT)
+            tiles.append(np.pad(np.concatenate([_label(t.shape[1], f'{title} {what}'), t]),
+                                ((0, 4), (0, 4), (0, 0)), constant_values=255))
+        lines.append(np.concatenate(tiles, axis=1))
+    if not lines:
+        return
+    width = max(ln.shape[1] for ln in lines)
+    lines = [np.pad(ln, ((0, 0), (0, width - ln.shape[1]), (0, 0)), constant_values=255)
+             for ln in lines]
+    imaging.write_image(path, np.concatenate([_legend(width, class_names, pal)] + lines))
+
+
 # ---------------------------------------------------------------------------------------------
 # Segmentation
 
@@ -399,6 +456,120 @@ def _segmentation(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# Object boxes
+
+BASELINE_NAME = 'thermal rule (> mean + 2 SD = person)'
+
+
+def _box_files(folder: str) -> Dict[str, Path]:
+    d = Path(folder)
+    if not d.is_dir():
+        raise EvalError(f'box (--boxes) folder not found: {d}')
+    files = {p.stem: p for p in sorted(d.glob('*.txt')) if p.is_file()}
+    if not files:
+        raise EvalError(f'box (--boxes) folder has no .txt box files: {d}')
+    return files
+
+
+def _split_names(text: str, what: str) -> List[str]:
+    names = [n.strip() for n in text.split(',') if n.strip()]
+    if not names:
+        raise EvalError(f'{what}: give comma-separated class names')
+    return names
+
+
+def score_box_folder(pred: Dict[str, Path], boxes: Dict[str, List[labels.Box]],
+                     classes: Sequence[str], quiet: bool = True) -> Tuple[Dict, List[str]]:
+    """Box scores of one folder of class maps (stem -> path) against parsed boxes."""
+    scorer = labels.BoxScorer(classes)
+    problems = [f'{s}: no prediction, not scored' for s in sorted(boxes) if s not in pred]
+    bar = _progress(len(boxes), quiet)
+    for s in sorted(boxes):
+        if s in pred:
+            scorer.add(_class_ids(_read(pred[s]), pred[s]), boxes[s])
+        bar.update(1)
+    bar.close()
+    res = scorer.result()
+    res['n_images'] = sum(1 for s in boxes if s in pred)
+    return res, problems
+
+
+def _boxes(args) -> int:
+    classes = _split_names(args.classes, '--classes')
+    try:
+        for c in classes:
+            labels.class_id(c)
+        cmap = labels.box_class_map(_split_names(args.box_classes, '--box-classes'))
+    except labels.BoxError as e:
+        raise EvalError(str(e)) from None
+    if args.name and len(args.name) != len(args.pred):
+        raise EvalError(f'--name given {len(args.name)} times for {len(args.pred)} --pred')
+    names = args.name or [Path(p).name for p in args.pred]
+    try:
+        boxes = {s: labels.read_boxes(p, cmap) for s, p in _box_files(args.boxes).items()}
+    except labels.BoxError as e:
+        raise EvalError(str(e)) from None
+    rows, problems = {}, []
+    for name, folder in zip(names, args.pred):
+        res, probs = score_box_folder(_list_images(folder, 'prediction (--pred)'), boxes,
+                                      classes, args.quiet)
+        rows[name] = res
+        problems += [f'{name}: {p}' for p in probs]
+    if args.baseline_ir:
+        irs = _list_images(args.baseline_ir, 'thermal (--baseline-ir)')
+        scorer = labels.BoxScorer(classes)
+        for s in sorted(boxes):
+            if s not in irs:
+                problems.append(f'{BASELINE_NAME}: {s}: no thermal image, not scored')
+                continue
+            scorer.add(labels.thermal_rule(_read(irs[s])), boxes[s])
+        rows[BASELINE_NAME] = scorer.result()
+        rows[BASELINE_NAME]['n_images'] = sum(1 for s in boxes if s in irs)
+    text = box_markdown(rows, classes, len(boxes))
+    if problems:
+        text += '\n### Problems\n\n' + '\n'.join(f'- {p}' for p in problems) + '\n'
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'box_scores.md').write_text(text, encoding='utf-8')
+    doc = {'classes': classes, 'box_classes': args.box_classes.split(','),
+           'found_fraction': 0.2, 'grow_px': 5, 'n_box_files': len(boxes),
+           'methods': {n: _json_tree(r) for n, r in rows.items()}, 'problems': problems}
+    (out / 'box_scores.json').write_text(json.dumps(doc, indent=2), encoding='utf-8')
+    for p in problems:
+        print(f'warning: {p}', file=sys.stderr)
+    print(text)
+    print(f'wrote {out / "box_scores.md"} and box_scores.json')
+    return 0
+
+
+def _json_tree(x):
+    if isinstance(x, dict):
+        return {k: _json_tree(v) for k, v in x.items()}
+    return _json_value(x)
+
+
+def _fmt(v: float) -> str:
+    return 'n/a' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{v:.3f}'
+
+
+def box_markdown(rows: Dict[str, Dict], classes: Sequence[str], n_files: int) -> str:
+    """The box-score table: one row per method; per class recall / precision / F1, box-F1."""
+    head = ['Method', 'box-F1'] + [f'{c} {k}' for c in classes for k in ('F1', 'R', 'P')]
+    lines = [f'## Box scores ({n_files} box files; found = 20 % of a box, precision in boxes '
+             f'+5 px)', '', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for name, r in rows.items():
+        cells = [name, f'**{_fmt(r["box_f1"])}**']
+        for c in classes:
+            v = r['classes'][c]
+            cells += [_fmt(v['f1']), _fmt(v['recall']), _fmt(v['precision'])]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    counts = ', '.join(f'{c} {next(iter(rows.values()))["classes"][c]["boxes"]}'
+                       for c in classes) if rows else ''
+    lines += ['', f'Boxes scored: {counts}. R = box recall, P = pixel precision.']
+    return '\n'.join(lines) + '\n'
+
+
+# ---------------------------------------------------------------------------------------------
 # Entry point
 
 def build_parser() -> argparse.ArgumentParser:
@@ -429,6 +600,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--ignore-index', type=int, default=255,
                    help='label value to skip (default 255; negative: none)')
     s.add_argument('--quiet', action='store_true', help='no progress bar')
+    b = sub.add_parser('boxes', help='box recall, pixel precision and box-F1 of class maps')
+    b.add_argument('--pred', required=True, action='append',
+                   help='folder of predicted semantic class-id images (repeat for more methods)')
+    b.add_argument('--name', action='append', help='method name for the matching --pred')
+    b.add_argument('--boxes', required=True, help='folder of YOLO box files <stem>.txt')
+    b.add_argument('--out', required=True, help='output folder')
+    b.add_argument('--classes', default=','.join(labels.SCORED_CLASSES),
+                   help='classes to score (default person,car,bike)')
+    b.add_argument('--box-classes', default=','.join(labels.DEFAULT_BOX_CLASSES),
+                   help='class names of the YOLO ids 0, 1, ... (default person,bicycle,car)')
+    b.add_argument('--baseline-ir', help='thermal folder: add the row of the rule '
+                   '"thermal > mean + 2 SD = person"')
+    b.add_argument('--quiet', action='store_true', help='no progress bar')
     return ap
 
 
@@ -438,6 +622,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == 'fusion':
             return _fusion(args)
+        if args.command == 'boxes':
+            return _boxes(args)
         return _segmentation(args)
     except EvalError as e:
         print(f'ssvif-eval: error: {e}', file=sys.stderr)
