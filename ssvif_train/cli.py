@@ -10,13 +10,22 @@ def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ssvif-train."""
     p = argparse.ArgumentParser(
         prog='ssvif-train',
-        description='Train a fusion model with SSVIF (self-supervised, no labels needed).')
+        description='Train a fusion model with SSVIF (label-free, or semantic with pixel labels '
+        'or boxes).')
     p.add_argument('config', nargs='?', default=None,
                    help='YAML config (see config/train/); omitted = built-in defaults')
     p.add_argument('--data', default=None,
                    help='dataset folder in MSRS (vi/, ir/) or FMB (Visible/, Infrared/) layout')
     p.add_argument('--vi', default=None, help='visible image folder (with --ir)')
     p.add_argument('--ir', default=None, help='thermal image folder (with --vi)')
+    p.add_argument('--boxes', default=None,
+                   help='folder of YOLO box files (default: boxes/ beside the image folders)')
+    p.add_argument('--extra', action='append', default=[], metavar='DIR',
+                   help='another dataset folder for the training split (repeatable), e.g. '
+                   'unlabelled pairs beside labelled ones')
+    p.add_argument('--write-masks', default=None, metavar='DIR',
+                   help='write the pixel labels training would use (ids + colour overlay) '
+                   'to DIR and exit without training')
     p.add_argument('--out', required=True, help='run folder: checkpoints, logs, TensorBoard')
     p.add_argument('--resume', action='store_true',
                    help='continue the run in --out from its last.pt exactly')
@@ -41,8 +50,18 @@ def main(argv=None) -> int:
         overrides.append(f'data.vi={args.vi}')
     if args.ir:
         overrides.append(f'data.ir={args.ir}')
+    if args.boxes:
+        overrides.append(f'data.boxes={args.boxes}')
+    if args.extra:
+        overrides.append('data.extra=[' + ', '.join(repr(e) for e in args.extra) + ']')
     try:
         cfg = load_config(args.config, overrides)
+        if args.write_masks:
+            from ssvif_train.data import build_datasets, write_label_previews
+            train, val, _ = build_datasets(cfg)
+            n = write_label_previews([train, val], args.write_masks)
+            print(f'ssvif-train: wrote {n} pixel labels to {args.write_masks}')
+            return 0
         trainer = Trainer(cfg, args.out, resume=args.resume, overrides=tuple(overrides))
         summary = trainer.run()
     except (ConfigError, DatasetError, TrainingError) as exc:
@@ -52,8 +71,10 @@ def main(argv=None) -> int:
         print('ssvif-train: interrupted; resume with --resume (last.pt holds the last '
               'completed epoch)', file=sys.stderr)
         return 130
+    best = summary['best_val']
+    what = 'L_fusion' if summary['monitor'] == 'fusion' else summary['monitor']
     print(f'ssvif-train: done after epoch {summary["epoch"]} (stage {summary["stage"]}), '
-          f'best validation L_fusion {summary["best_val"]:.4f}; checkpoints in {args.out}')
+          f'best validation {what} {abs(best):.4f}; checkpoints in {args.out}')
     return 0
 
 

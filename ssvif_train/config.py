@@ -41,6 +41,15 @@ class DataConfig:
     cache: bool = True           # keep decoded files in memory
     workers: int = 0             # DataLoader worker processes
     three_channel: bool = True   # False: single-channel (Y) fusion ablation, colour re-attached
+    # Labels (used when model.classes is msrs; ssvif_train.data, ssvif_ros.labels).
+    labels: str = 'auto'         # auto | pixels | boxes | none: which label files to use
+    boxes: str = ''              # YOLO box folder (default: boxes/ beside the image folders)
+    box_classes: List[str] = field(  # names of the YOLO class ids 0, 1, ...
+        default_factory=lambda: ['person', 'bicycle', 'car'])
+    box_margin: int = 3          # ignored ring around each box (px)
+    box_core: float = 0.5        # box core ellipse (fraction of the half sizes) taken as object
+    box_z_hot: float = 2.0       # box pixels this many SDs warmer than the surround are object
+    extra: List[str] = field(default_factory=list)  # more dataset folders, training split only
 
 
 @dataclass
@@ -49,8 +58,10 @@ class ModelConfig:
 
     name: str = 'seafusion'                       # registry name of the fusion model
     args: Dict[str, Any] = field(default_factory=dict)
-    num_classes: int = 15                         # n (paper appendix B-A: 15)
+    classes: str = 'clusters'                     # clusters (label-free) | msrs (semantic ids)
+    num_classes: int = 15                         # n (paper appendix B-A: 15; msrs: 4..9)
     head_hidden: int = 64                         # channels of H's 3x3 convs
+    head_padding: str = 'replicate'               # H's conv padding: replicate | zeros
     segformer: str = 'b3'                         # S preset: b0 ... b5
 
 
@@ -82,7 +93,8 @@ class TrainConfig:
     epochs: int = 110
     batch_size: int = 10
     lr: float = 1e-4
-    patience: int = 10            # early stopping on validation L_fusion (0 = off)
+    patience: int = 10            # early stopping on the monitored value (0 = off)
+    monitor: str = 'auto'         # stage II selection: auto | fusion | box_f1 | miou
     csc: bool = True              # False: no H, no S, fusion loss only (ablation iii)
     two_stage: bool = True        # False: stage II from the first epoch (ablation iv)
     stage1_max_epochs: int = 50   # cap on stage I length
@@ -124,6 +136,10 @@ _CHOICES = {
     'data.thermal_norm': ('auto', 'scale', 'fixed', 'percentile'),
     'model.segformer': ('b0', 'b1', 'b2', 'b3', 'b4', 'b5'),
     'weighting.method': ('gdwa', 'fixed', 'dwa', 'ucw'),
+    'data.labels': ('auto', 'pixels', 'boxes', 'none'),
+    'model.classes': ('clusters', 'msrs'),
+    'model.head_padding': ('replicate', 'zeros'),
+    'train.monitor': ('auto', 'fusion', 'box_f1', 'miou'),
 }
 
 
@@ -199,6 +215,16 @@ def validate(cfg: Config) -> Config:
     for key in positive:
         if flat[key] < 1:
             raise ConfigError(f'{key} must be >= 1, got {flat[key]}')
+    if cfg.model.classes == 'msrs' and not 4 <= cfg.model.num_classes <= 9:
+        raise ConfigError(f'model.num_classes must be 4..9 with model.classes msrs (background, '
+                          f'car, person, bike, ... of MSRS), got {cfg.model.num_classes}')
+    if cfg.model.classes == 'msrs' and not cfg.train.csc:
+        raise ConfigError('model.classes msrs trains the segmentation branches: it needs '
+                          'train.csc true')
+    if cfg.train.monitor in ('box_f1', 'miou') and cfg.model.classes != 'msrs':
+        raise ConfigError(f'train.monitor {cfg.train.monitor} needs model.classes msrs')
+    if cfg.data.box_margin < 0 or not 0.0 <= cfg.data.box_core <= 1.0:
+        raise ConfigError('data.box_margin must be >= 0 and data.box_core in [0, 1]')
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError(f'data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}')
     if cfg.train.lr <= 0:

@@ -23,6 +23,14 @@ label is the arg-max class of the branch whose highest softmax probability is la
 S, eq. 4), computed without gradient. Each branch gets CE (mean over pixels) + Dice
 (1 - mean over the n classes of 2 sum p*y / (sum p + sum y + eps), sums over the batch).
 L_csc = (ce_a + dice_a + ce_b + dice_b) / 2 (eq. 6), see :func:`csc_total`.
+
+Supervised terms (semantic training with labels, :func:`supervised_terms`): the same CE + Dice
+per branch against the label (N x H x W, 255 = ignore, e.g. unlabelled pairs and uncertain box
+pixels), over the labelled pixels only; logits are brought to the label's resolution first.
+Dice averages the classes present in the batch's labels only: objects cover a few hundred of a
+batch's 250k pixels, and the constant 1 that every absent class would add drowned their signal
+(both branches predicted background everywhere after two epochs).
+L_sup = (sup_ce_a + sup_dice_a + sup_ce_b + sup_dice_b) / 2, the same form as L_csc.
 """
 from __future__ import annotations
 
@@ -34,6 +42,7 @@ import torch.nn.functional as tf
 from ssvif_ros import imaging
 
 FUSION_TERMS = ('int', 'grad', 'ssim', 'color')
+IGNORE_INDEX = 255  # ssvif_ros.labels.IGNORE
 
 
 def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
@@ -86,16 +95,30 @@ def pseudo_label(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor
         return torch.where(pa > pb, ca, cb)
 
 
-def hybrid_terms(logits: torch.Tensor, label: torch.Tensor, eps: float) -> Tuple[torch.Tensor,
-                                                                                 torch.Tensor]:
-    """Eq. 5: (CE, Dice) of N x n x H x W logits against an N x H x W label."""
+def hybrid_terms(logits: torch.Tensor, label: torch.Tensor, eps: float,
+                 ignore_index: int = -100, present_only: bool = False
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 5: (CE, Dice) of N x n x H x W logits against an N x H x W label.
+
+    Pixels whose label is ``ignore_index`` count in neither term. ``present_only``: Dice
+    averages only the classes present in the label (as segmentation_models.pytorch does), so a
+    batch without a bike does not pay a constant 1 for the bike class.
+    """
     n = logits.shape[1]
-    ce = tf.cross_entropy(logits, label)
+    ce = tf.cross_entropy(logits, label, ignore_index=ignore_index)
     prob = logits.softmax(1)                                        # N x n x H x W
-    onehot = tf.one_hot(label, n).permute(0, 3, 1, 2).to(prob.dtype)  # N x n x H x W
+    valid = label != ignore_index                                   # N x H x W
+    safe = torch.where(valid, label, torch.zeros_like(label))
+    onehot = tf.one_hot(safe, n).permute(0, 3, 1, 2).to(prob.dtype)  # N x n x H x W
+    if not bool(valid.all()):
+        keep = valid[:, None].to(prob.dtype)                        # N x 1 x H x W
+        prob, onehot = prob * keep, onehot * keep
     inter = (prob * onehot).sum(dim=(0, 2, 3))                      # n
     denom = prob.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3)) + eps
-    dice = 1.0 - (2.0 * inter / denom).mean()
+    ratio = 2.0 * inter / denom                                     # n
+    if present_only:
+        ratio = ratio[onehot.sum(dim=(0, 2, 3)) > 0]
+    dice = 1.0 - ratio.mean()
     return ce, dice
 
 
@@ -108,6 +131,30 @@ def csc_terms(logits_a: torch.Tensor, logits_b: torch.Tensor, size: Tuple[int, i
     ce_a, dice_a = hybrid_terms(la, label, eps)
     ce_b, dice_b = hybrid_terms(lb, label, eps)
     return {'ce_a': ce_a, 'dice_a': dice_a, 'ce_b': ce_b, 'dice_b': dice_b}
+
+
+def supervised_terms(logits_a: torch.Tensor, logits_b: torch.Tensor, label: torch.Tensor,
+                     eps: float = 1.0) -> Dict[str, torch.Tensor]:
+    """Unweighted ``sup_ce_a``, ``sup_dice_a``, ``sup_ce_b``, ``sup_dice_b`` over labelled pixels.
+
+    ``label``: N x H x W int64, 255 = ignore. A batch without a labelled pixel gives zeros that
+    still reach both branches' graphs (so every step has the same set of gradients).
+    """
+    size = tuple(label.shape[-2:])
+    la = to_resolution(logits_a.float(), size)
+    lb = to_resolution(logits_b.float(), size)
+    if not bool((label != IGNORE_INDEX).any()):
+        za, zb = la.sum() * 0.0, lb.sum() * 0.0
+        return {'sup_ce_a': za, 'sup_dice_a': za, 'sup_ce_b': zb, 'sup_dice_b': zb}
+    ce_a, dice_a = hybrid_terms(la, label, eps, IGNORE_INDEX, present_only=True)
+    ce_b, dice_b = hybrid_terms(lb, label, eps, IGNORE_INDEX, present_only=True)
+    return {'sup_ce_a': ce_a, 'sup_dice_a': dice_a, 'sup_ce_b': ce_b, 'sup_dice_b': dice_b}
+
+
+def supervised_total(terms: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """L_sup = (sup_ce_a + sup_dice_a + sup_ce_b + sup_dice_b) / 2."""
+    return 0.5 * (terms['sup_ce_a'] + terms['sup_dice_a'] + terms['sup_ce_b']
+                  + terms['sup_dice_b'])
 
 
 def csc_total(terms: Dict[str, torch.Tensor]) -> torch.Tensor:

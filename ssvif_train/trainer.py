@@ -4,6 +4,18 @@ Stage I trains only the fusion model F with L_fusion; after the first epoch whos
 exceeds the previous epoch's (or ``train.stage1_max_epochs`` epochs) training switches to stage
 II, where F, the segmentation head H and SegFormer S train on L_fusion + omega_csc L_csc.
 
+Semantic training (``model.classes: msrs``, labels from pixel masks or boxes, see
+:mod:`ssvif_train.data`): in stage II the segmentation task is L_seg = L_csc + L_sup, L_sup the
+CE + Dice of H and S on the labelled pixels of the batch (unlabelled pairs and uncertain box
+pixels are ignored), and the weighting strategy balances L_fusion against L_seg as it balances
+L_fusion against L_csc in the label-free mode. CSC still runs on every pixel of every pair.
+
+Model selection: stage I monitors validation L_fusion. When stage II starts, the best value and
+the patience counter are reset and stage II monitors ``train.monitor`` (``auto``: validation
+box-F1 when the validation pairs have boxes, mIoU when they have pixel labels, else L_fusion), so
+``best.pt`` is a stage-II checkpoint whenever stage II ran. Early stopping does not end stage I
+when CSC is on (``train.stage1_max_epochs`` does).
+
 Gradients: each step computes the fusion-task and CSC-task gradients separately
 (``torch.autograd.grad``), so GDWA gets the gradient norms on the shared fusion parameters, the
 logs get alpha_cf and cos(phi) (paper appendix C), and the update is a * g_fusion + b * g_csc
@@ -28,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssvif_ros import imaging
+from ssvif_ros import imaging, labels, metrics
 from ssvif_train import losses
 from ssvif_train.config import Config, config_from_dict
 from ssvif_train.data import build_datasets
@@ -40,7 +52,8 @@ log = logging.getLogger('ssvif_train')
 
 CHECKPOINT_FORMAT = 'ssvif-train/1'
 STEP_FIELDS = ['global_step', 'epoch', 'stage', 'loss_total', 'loss_fusion', 'int', 'grad',
-               'ssim', 'color', 'loss_csc', 'ce_a', 'dice_a', 'ce_b', 'dice_b', 'omega_csc',
+               'ssim', 'color', 'loss_csc', 'ce_a', 'dice_a', 'ce_b', 'dice_b', 'loss_sup',
+               'sup_ce_a', 'sup_dice_a', 'sup_ce_b', 'sup_dice_b', 'omega_csc',
                'g_a', 'g_b', 'r_a', 'r_b', 'alpha_cf', 'cos_phi', 'lr']
 EPOCH_FIELDS = ['epoch', 'stage', 'train_fusion', 'train_csc', 'val_fusion', 'omega_csc',
                 'g_a', 'g_b', 'r_a', 'r_b', 'alpha_cf', 'cos_phi', 'seconds']
@@ -71,7 +84,7 @@ class SSVIFNet(nn.Module):
         self.seg = None
         if cfg.train.csc:
             self.head = SegHead(self.fusion.feature_channels, cfg.model.num_classes,
-                                cfg.model.head_hidden)
+                                cfg.model.head_hidden, cfg.model.head_padding)
             self.seg = SegFormerSeg(cfg.model.segformer, cfg.model.num_classes)
 
     def fuse(self, ir: torch.Tensor, vis: torch.Tensor):
@@ -106,7 +119,8 @@ def _head_record(head: SegHead, cfg: Config) -> Optional[dict]:
     if head is None:
         return None
     return {'in_channels': head.net[0].in_channels, 'num_classes': cfg.model.num_classes,
-            'hidden': cfg.model.head_hidden, 'state_dict': head.state_dict()}
+            'hidden': cfg.model.head_hidden, 'padding_mode': head.padding_mode,
+            'classes': cfg.model.classes, 'state_dict': head.state_dict()}
 
 
 class Trainer:
@@ -136,6 +150,10 @@ class Trainer:
         self.train_ds, self.val_ds, self.report = build_datasets(cfg)
         if len(self.train_ds) < 1:
             raise TrainingError('the training split is empty')
+        self.semantic = cfg.model.classes == 'msrs'
+        if self.semantic and set(self.train_ds.kinds) == {'none'}:
+            raise TrainingError('model.classes msrs needs labels, but no training pair has a '
+                                'pixel label or a box file (data.labels, data.boxes)')
         self.net = SSVIFNet(cfg).to(self.device)
         self.params_shared = [p for p in self.net.fusion.parameters() if p.requires_grad]
         self.params_other = [p for m in (self.net.head, self.net.seg) if m is not None
@@ -265,8 +283,12 @@ class Trainer:
         dist.all_reduce(t)
         return float(t.item() / self.world)
 
-    def train_step(self, vis: torch.Tensor, ir: torch.Tensor) -> Dict[str, float]:
-        """One optimisation step on a batch; returns the logged scalars."""
+    def train_step(self, vis: torch.Tensor, ir: torch.Tensor,
+                   label: Optional[torch.Tensor] = None) -> Dict[str, float]:
+        """One optimisation step on a batch; returns the logged scalars.
+
+        ``label``: N x H x W int64 (255 = ignore) for semantic training, else None.
+        """
         stage2 = self.stage == 2
         vis = vis.to(self.device, non_blocking=True)
         ir = ir.to(self.device, non_blocking=True)
@@ -291,7 +313,16 @@ class Trainer:
             c_terms = losses.csc_terms(logits_a, logits_b, tuple(vis.shape[-2:]),
                                        self.cfg.loss.dice_eps)
             l_csc = losses.csc_total(c_terms)
-            g_c = torch.autograd.grad(self.scaler.scale(l_csc), shared + other,
+            l_seg = l_csc
+            if self.semantic and label is not None:
+                s_terms = losses.supervised_terms(logits_a, logits_b,
+                                                  label.to(self.device, non_blocking=True),
+                                                  self.cfg.loss.dice_eps)
+                l_sup = losses.supervised_total(s_terms)
+                l_seg = l_csc + l_sup
+                row.update({k: float(v.detach()) for k, v in s_terms.items()})
+                row['loss_sup'] = self._mean_scalar(float(l_sup.detach()))
+            g_c = torch.autograd.grad(self.scaler.scale(l_seg), shared + other,
                                       allow_unused=True)
             g_c = self._allreduce(list(g_c), shared + other)
             gc_shared = g_c[:len(shared)]
@@ -300,14 +331,15 @@ class Trainer:
             dot /= scale * scale
             row.update({k: float(v.detach()) for k, v in c_terms.items()})
             row['loss_csc'] = self._mean_scalar(float(l_csc.detach()))
-            a, b = self.weighting.step(norm_f, norm_c, row['loss_fusion'], row['loss_csc'])
+            loss_seg = row['loss_csc'] + row.get('loss_sup', 0.0)
+            a, b = self.weighting.step(norm_f, norm_c, row['loss_fusion'], loss_seg)
             for p, gf, gc in zip(shared, g_f, gc_shared):
                 p.grad = a * gf + b * gc
             for p, gc in zip(other, g_c[len(shared):]):
                 p.grad = b * gc
             row['alpha_cf'] = dot / (norm_f ** 2) if norm_f > 0 else math.nan
             row['cos_phi'] = dot / (norm_f * norm_c) if norm_f > 0 and norm_c > 0 else math.nan
-            row['loss_total'] = a * row['loss_fusion'] + b * row['loss_csc']
+            row['loss_total'] = a * row['loss_fusion'] + b * loss_seg
             row.update({'omega_csc': self.weighting.last['omega'], 'g_a': norm_f, 'g_b': norm_c,
                         'r_a': self.weighting.last['r_a'], 'r_b': self.weighting.last['r_b']})
         else:
@@ -324,33 +356,60 @@ class Trainer:
     # ------------------------------------------------------------------ epochs
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
-        """Mean validation L_fusion (+ the configured metrics on the first few pairs)."""
+        """Mean validation L_fusion (+ the configured metrics on the first few pairs).
+
+        Semantic runs also score H's class map (logits upsampled bilinearly to the image, the
+        CSC loss's resolution rule): ``val_box_f1`` and per-class F1 against the validation
+        boxes (:class:`ssvif_ros.labels.BoxScorer`), ``val_miou`` against pixel labels.
+        """
         if len(self.val_ds) == 0:
             return {}
         self.net.eval()
         total, count = 0.0, 0
         metric_rows = []
-        for i, (vis, ir) in enumerate(self._loader(self.val_ds, train=False)):
+        scorer = labels.BoxScorer() if self.semantic else None
+        n_cls = self.cfg.model.num_classes
+        confusion = np.zeros((n_cls, n_cls), dtype=np.int64)
+        has_boxes = has_pixels = False
+        index = 0
+        for vis, ir, label in self._loader(self.val_ds, train=False):
             vis, ir = vis.to(self.device), ir.to(self.device)
-            fused, _ = self.net.fuse(ir, vis)
+            fused, feats = self.net.fuse(ir, vis)
             lf = losses.weighted_fusion(losses.fusion_terms(fused.float(), ir, vis),
                                         self.lambdas)
             total += float(lf) * vis.shape[0]
             count += vis.shape[0]
             if self.cfg.train.val_metrics and len(metric_rows) < self.cfg.train.val_metric_images:
                 metric_rows.extend(self._val_metrics(vis, ir, fused))
+            if scorer is not None:
+                logits = losses.to_resolution(self.net.head(feats).float(),
+                                              tuple(vis.shape[-2:]))
+                ids = logits.argmax(1).to(torch.uint8).cpu().numpy()       # N x H x W
+                for b in range(ids.shape[0]):
+                    kind = self.val_ds.kinds[index]
+                    boxes = self.val_ds.view_boxes(index)
+                    if boxes is not None:
+                        scorer.add(ids[b], boxes)
+                        has_boxes = True
+                    if kind == 'pixels':
+                        confusion += metrics.confusion_matrix(
+                            ids[b], label[b].numpy().astype(np.uint8), n_cls, labels.IGNORE)
+                        has_pixels = True
+                    index += 1
         self.net.train()
         out = {'val_fusion': total / max(count, 1)}
+        if has_boxes:
+            res = scorer.result()
+            out['val_box_f1'] = res['box_f1']
+            out.update({f'val_{c}_f1': v['f1'] for c, v in res['classes'].items()})
+        if has_pixels:
+            out['val_miou'] = metrics.iou_from_confusion(confusion)[1]
         if metric_rows:
             for k in metric_rows[0]:
                 out[f'val_{k}'] = float(np.mean([r[k] for r in metric_rows]))
         return out
 
     def _val_metrics(self, vis, ir, fused) -> List[Dict[str, float]]:
-        try:
-            from ssvif_ros import metrics
-        except ImportError:
-            return []
         rows = []
         for b in range(vis.shape[0]):
             v = imaging.to_uint8(imaging.nchw_to_hwc(vis[b:b + 1]))
@@ -365,7 +424,7 @@ class Trainer:
         self._open_logs()
         try:
             while self.epoch < cfg.train.epochs:
-                if cfg.train.patience and self.bad_epochs >= cfg.train.patience:
+                if self.should_stop():
                     log.info('early stop: no validation improvement for %d epochs',
                              self.bad_epochs)
                     break
@@ -375,7 +434,7 @@ class Trainer:
         if self.distributed:
             self._check_ranks_in_sync()
         return {'epoch': self.epoch, 'stage': self.stage, 'best_val': self.best_val,
-                'history': self.history}
+                'monitor': self.monitor_name(self.stage), 'history': self.history}
 
     def _sync_buffers(self):
         """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
@@ -422,10 +481,10 @@ class Trainer:
         sums: Dict[str, float] = {}
         n = 0
         self.net.train()
-        for i, (vis, ir) in enumerate(loader):
+        for i, (vis, ir, label) in enumerate(loader):
             if i >= steps:
                 break
-            row = self.train_step(vis, ir)
+            row = self.train_step(vis, ir, label if self.semantic else None)
             self.global_step += 1
             n += 1
             for k, v in row.items():
@@ -454,12 +513,15 @@ class Trainer:
                 log.info('switching to stage II after epoch %d', self.epoch + 1)
                 self.stage = 2
         self.epoch += 1
-        monitor = val.get('val_fusion', means['loss_fusion'])
-        improved = monitor < self.best_val
+        name, value = self._monitored(stage_done, val, means)
+        improved = value < self.best_val
         if improved:
-            self.best_val, self.bad_epochs = monitor, 0
+            self.best_val, self.bad_epochs = value, 0
         else:
             self.bad_epochs += 1
+        if stage_done == 1 and self.stage == 2:
+            # Stage II is judged on its own criterion from its first epoch (best.pt follows).
+            self.best_val, self.bad_epochs = math.inf, 0
         erow = {'epoch': self.epoch, 'stage': stage_done, 'train_fusion': means['loss_fusion'],
                 'train_csc': means.get('loss_csc', math.nan),
                 'val_fusion': val.get('val_fusion', math.nan),
@@ -468,15 +530,52 @@ class Trainer:
                 'r_b': means.get('r_b', math.nan), 'alpha_cf': means.get('alpha_cf', math.nan),
                 'cos_phi': means.get('cos_phi', math.nan), 'seconds': time.time() - t0}
         erow.update({k: v for k, v in val.items() if k != 'val_fusion'})
+        if self.semantic:
+            erow['train_sup'] = means.get('loss_sup', math.nan)
         self.history.append(erow)
         self._log_epoch(erow)
         if self.rank == 0:
             self.save(os.path.join(self.out_dir, 'last.pt'))
             if improved:
                 self.save(os.path.join(self.out_dir, 'best.pt'))
-        log.info('epoch %d stage %d: train L_fusion %.4f val %.4f omega %.4f',
+        log.info('epoch %d stage %d: train L_fusion %.4f val %.4f omega %.4f; %s %.4f%s',
                  self.epoch, stage_done, means['loss_fusion'], erow['val_fusion'],
-                 erow['omega_csc'])
+                 erow['omega_csc'], name, abs(value), ' (best)' if improved else '')
+
+    def should_stop(self) -> bool:
+        """Early stopping: ``train.patience`` epochs without improvement of the monitored value.
+
+        With CSC on, stage I ends by its own rule (or its cap), never by early stopping: a run
+        must not end before its segmentation branches trained.
+        """
+        patience = self.cfg.train.patience
+        if not patience or (self.stage == 1 and self.cfg.train.csc):
+            return False
+        return self.bad_epochs >= patience
+
+    def monitor_name(self, stage: int) -> str:
+        """What selects ``best.pt`` in ``stage``: fusion, box_f1 or miou."""
+        want = self.cfg.train.monitor
+        if stage == 1 or not self.cfg.train.csc:
+            return 'fusion'
+        if want != 'auto':
+            return want
+        if self.semantic and any(b is not None for b in self.val_ds.boxes):
+            return 'box_f1'
+        if self.semantic and 'pixels' in self.val_ds.kinds:
+            return 'miou'
+        return 'fusion'
+
+    def _monitored(self, stage: int, val: Dict[str, float], means: Dict[str, float]):
+        """(name, value to minimize) of the epoch just trained in ``stage``."""
+        name = self.monitor_name(stage)
+        if name == 'fusion':
+            return name, val.get('val_fusion', means['loss_fusion'])
+        score = val.get(f'val_{name}', math.nan)
+        if not math.isfinite(score):
+            raise TrainingError(f'train.monitor {name}: the validation pairs have no '
+                                f'{"boxes" if name == "box_f1" else "pixel labels"}')
+        return name, -score
 
     # ------------------------------------------------------------------ persistence
     def checkpoint(self) -> dict:
