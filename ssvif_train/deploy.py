@@ -95,7 +95,8 @@ def load_graph(path, seg_upsample: str = 'bilinear',
     num_classes = 1
     if ckpt.get('head'):
         h = ckpt['head']
-        head = SegHead(h['in_channels'], h['num_classes'], h['hidden'])
+        head = SegHead(h['in_channels'], h['num_classes'], h['hidden'],
+                       h.get('padding_mode', 'zeros'))
         head.load_state_dict(h['state_dict'])
         num_classes = h['num_classes']
     graph = FusionSegGraph(fusion, head, num_classes, seg_upsample, with_logits).eval()

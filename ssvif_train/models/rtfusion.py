@@ -53,9 +53,9 @@ _BASES = ('max_luma', 'none')
 
 
 def _conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1,
-             dilation: int = 1, relu: bool = True) -> nn.Sequential:
+             dilation: int = 1, relu: bool = True, padding: str = 'zeros') -> nn.Sequential:
     layers = [nn.Conv2d(cin, cout, k, stride, dilation * (k // 2), dilation, groups,
-                        bias=False),
+                        bias=False, padding_mode=padding),
               nn.BatchNorm2d(cout)]
     if relu:
         layers.append(nn.ReLU(inplace=True))
@@ -65,9 +65,10 @@ def _conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1,
 class SepBlock(nn.Module):
     """Residual depthwise-separable block: dw3x3 (dilated) + BN + ReLU, pw + BN, add, ReLU."""
 
-    def __init__(self, channels: int, dilation: int = 1):
+    def __init__(self, channels: int, dilation: int = 1, padding: str = 'zeros'):
         super().__init__()
-        self.dw = _conv_bn(channels, channels, 3, groups=channels, dilation=dilation)
+        self.dw = _conv_bn(channels, channels, 3, groups=channels, dilation=dilation,
+                           padding=padding)
         self.pw = _conv_bn(channels, channels, 1, relu=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,8 +79,9 @@ class SepBlock(nn.Module):
 class DownBlock(nn.Sequential):
     """Stride-2 separable downsampling: dw3x3 s2 + BN, pw (cin -> cout) + BN + ReLU."""
 
-    def __init__(self, cin: int, cout: int):
-        super().__init__(_conv_bn(cin, cin, 3, stride=2, groups=cin, relu=False),
+    def __init__(self, cin: int, cout: int, padding: str = 'zeros'):
+        super().__init__(_conv_bn(cin, cin, 3, stride=2, groups=cin, relu=False,
+                                  padding=padding),
                          _conv_bn(cin, cout, 1))
 
 
@@ -119,6 +121,10 @@ class RTFusion(FusionModel):
             4: the 1/4 decoder map (widths[1] channels; finer masks, SegHead costs ~3x more).
         head_width: channels of the 1/2-resolution output head (0: widths[0]).
         head_blocks: extra separable blocks in the output head.
+        padding: ``'zeros'`` or ``'replicate'``: how the 3x3 convs see past the image border.
+            Zero padding makes the border look like a dark edge, and a stride-2 conv sees it on
+            the left/top only, so class maps grew stripes along those edges; ``replicate``
+            gives a constant image a constant output everywhere.
     """
 
     pad_multiple = STRIDE
@@ -126,7 +132,7 @@ class RTFusion(FusionModel):
     def __init__(self, channels: int = 3, widths: Sequence[int] = (16, 32, 64),
                  blocks: Sequence[int] = (1, 2, 3), dilations: Sequence[int] = (1, 2, 4),
                  base: str = 'max_luma', eps: float = 1e-3, seg_stride: int = 8,
-                 head_width: int = 0, head_blocks: int = 0):
+                 head_width: int = 0, head_blocks: int = 0, padding: str = 'zeros'):
         super().__init__()
         widths, blocks, dilations = list(widths), list(blocks), list(dilations)
         if not isinstance(channels, int) or channels < 1:
@@ -146,6 +152,8 @@ class RTFusion(FusionModel):
         if not isinstance(head_blocks, int) or head_blocks < 0:
             raise ValueError(f'rtfusion head_blocks must be an integer >= 0, got '
                              f'{head_blocks!r}')
+        if padding not in ('zeros', 'replicate'):
+            raise ValueError(f"rtfusion padding must be 'zeros' or 'replicate', got {padding!r}")
         if seg_stride not in (4, 8):
             raise ValueError(f'rtfusion seg_stride must be 4 or 8, got {seg_stride!r}')
         c = channels
@@ -154,27 +162,28 @@ class RTFusion(FusionModel):
         self.seg_stride = seg_stride
         self.feature_channels = w3 if seg_stride == 8 else w2
         # Encoder: one stride-2 stem per modality, summed (early fusion without a full-res concat).
-        self.stem_vis = nn.Conv2d(c, w1, 3, 2, 1)
-        self.stem_ir = nn.Conv2d(c, w1, 3, 2, 1, bias=False)
-        self.enc1 = nn.Sequential(*[SepBlock(w1) for _ in range(blocks[0])])
-        self.down2 = DownBlock(w1, w2)
-        self.enc2 = nn.Sequential(*[SepBlock(w2) for _ in range(blocks[1])])
-        self.down3 = DownBlock(w2, w3)
-        self.enc3 = nn.Sequential(*[SepBlock(w3, dilations[i % len(dilations)])
+        pm = padding
+        self.stem_vis = nn.Conv2d(c, w1, 3, 2, 1, padding_mode=pm)
+        self.stem_ir = nn.Conv2d(c, w1, 3, 2, 1, bias=False, padding_mode=pm)
+        self.enc1 = nn.Sequential(*[SepBlock(w1, padding=pm) for _ in range(blocks[0])])
+        self.down2 = DownBlock(w1, w2, pm)
+        self.enc2 = nn.Sequential(*[SepBlock(w2, padding=pm) for _ in range(blocks[1])])
+        self.down3 = DownBlock(w2, w3, pm)
+        self.enc3 = nn.Sequential(*[SepBlock(w3, dilations[i % len(dilations)], pm)
                                     for i in range(blocks[2])], GlobalContext(w3))
         # Decoder.
         self.lat3 = _conv_bn(w3, w2, 1)
-        self.dec2 = SepBlock(w2)
+        self.dec2 = SepBlock(w2, padding=pm)
         self.lat2 = _conv_bn(w2, w1, 1)
-        self.dec1 = SepBlock(w1)
+        self.dec1 = SepBlock(w1, padding=pm)
         # Output head at 1/2: a 2x2 stride-2 conv of the inputs is a 1x1 conv of their
         # space-to-depth (pixel_unshuffle) copy, without the reshuffle.
         hw = head_width or w1
         self.head_feat = nn.Conv2d(w1, hw, 1)
         self.head_vis = nn.Conv2d(c, hw, 2, 2, bias=False)
         self.head_ir = nn.Conv2d(c, hw, 2, 2, bias=False)
-        self.head_dw = nn.Sequential(_conv_bn(hw, hw, 3, groups=hw),
-                                     *[SepBlock(hw) for _ in range(head_blocks)])
+        self.head_dw = nn.Sequential(_conv_bn(hw, hw, 3, groups=hw, padding=pm),
+                                     *[SepBlock(hw, padding=pm) for _ in range(head_blocks)])
         self.head_out = nn.Conv2d(hw, 4 * c, 1)
         with torch.no_grad():
             # Start close to the base image while keeping a gradient path to every weight.

@@ -15,16 +15,29 @@ SEGFORMER_PRESETS = {
 }
 
 
-class SegHead(nn.Module):
-    """H: two 3x3 conv (+BN, ReLU) and a 1x1 conv to ``num_classes`` logits (paper III-C)."""
+HEAD_PADDING = ('zeros', 'replicate')
 
-    def __init__(self, in_channels: int, num_classes: int = 15, hidden: int = 64):
+
+class SegHead(nn.Module):
+    """H: two 3x3 conv (+BN, ReLU) and a 1x1 conv to ``num_classes`` logits (paper III-C).
+
+    ``padding_mode='replicate'`` keeps the image border from looking like an edge to the convs
+    (zero padding let a constant image produce a different class along the border).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int = 15, hidden: int = 64,
+                 padding_mode: str = 'zeros'):
         super().__init__()
+        if padding_mode not in HEAD_PADDING:
+            raise ValueError(f'SegHead padding_mode must be one of {HEAD_PADDING}, got '
+                             f'{padding_mode!r}')
+        self.padding_mode = padding_mode
+        pm = padding_mode
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
+            nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False, padding_mode=pm),
             nn.BatchNorm2d(hidden),
             nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, padding=1, bias=False),
+            nn.Conv2d(hidden, hidden, 3, padding=1, bias=False, padding_mode=pm),
             nn.BatchNorm2d(hidden),
             nn.ReLU(inplace=True),
             nn.Conv2d(hidden, num_classes, 1),
