@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         print(f'ssvif-fuse: error: no pairs with matching names in {args.vi} and {args.ir}',
               file=sys.stderr)
         return 2
-    pal = imaging.palette(max(backend.num_classes, 1))
+    pal = backend.palette
     failed = {}
     times = []
     try:

@@ -386,7 +386,7 @@ class FusionNode(Node):
         except BackendError as exc:
             raise StartupError(str(exc)) from None
         self._model_label = model or '(none)'
-        self._palette = imaging.palette(max(int(self._backend.num_classes), 1))
+        self._palette = self._backend.palette
         self._stats = NodeStats()
         self._pairer = ApproxTimePairer(cfg.slop, cfg.queue_size, cfg.reset_after,
                                         names=STREAM_NAMES)

@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from ssvif_ros import imaging
+from ssvif_ros import imaging, labels
 
 CARD_FORMAT = 'ssvif-model/1'
 INPUT_NAMES = ['vis', 'ir']
@@ -71,7 +71,13 @@ def model_card(graph, info: dict, onnx_path: str, opset: int, seg_upsample: str,
     cfg = info.get('config') or {}
     data = cfg.get('data', {})
     n = graph.num_classes
-    names = list(imaging.class_names(n))
+    semantic = (cfg.get('model') or {}).get('classes') == 'msrs' and graph.head is not None
+    if semantic:  # MSRS ids: 0 background, 1 car, 2 person, 3 bike, ...
+        names = ['background'] + list(labels.SEMANTIC_CLASSES[1:n])
+        pal = labels.semantic_palette(n)
+    else:  # label-free clusters
+        names = list(imaging.class_names(n))
+        pal = imaging.palette(n)
     outputs = {'fused': {'shape': ['N', 3, 'H', 'W'], 'dtype': 'float32', 'range': [0, 1]},
                'class_ids': {'shape': ['N', 'H', 'W'], 'dtype': 'uint8', 'range': [0, n - 1]}}
     if graph.with_logits:
@@ -89,8 +95,9 @@ def model_card(graph, info: dict, onnx_path: str, opset: int, seg_upsample: str,
         'pad_multiple': graph.pad_multiple,
         'seg_upsample': seg_upsample,
         'num_classes': n,
+        'classes': 'msrs' if semantic else 'clusters',
         'class_names': names,
-        'palette': imaging.palette(n).tolist(),
+        'palette': pal.tolist(),
         'normalization': {
             'visible': 'RGB, uint8 / 255 (uint16 / 65535), mono repeated to 3 channels',
             'thermal': {'method': data.get('thermal_norm', 'auto'),

@@ -20,6 +20,7 @@ class Backend:
     def __init__(self):
         self.num_classes = 1
         self.class_names = ('background',)
+        self.palette = imaging.palette(1)   # num_classes x 3 uint8, for colour class maps
         self.model_info: Dict = {'name': self.name}
 
     def infer(self, vis: np.ndarray, ir: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -118,6 +119,9 @@ class GraphBackend(Backend):
         self.pad_multiple = int(card.get('pad_multiple', 1))
         self.num_classes = int(card.get('num_classes', 1))
         self.class_names = tuple(card.get('class_names') or imaging.class_names(self.num_classes))
+        pal = card.get('palette')
+        self.palette = (np.asarray(pal, dtype=np.uint8) if pal
+                        else imaging.palette(max(self.num_classes, 1)))
         self.model_info = {'name': card.get('model', {}).get('name', '?'),
                            'onnx_sha256': card.get('onnx_sha256', ''),
                            'num_classes': self.num_classes}
