@@ -11,7 +11,7 @@ from ssvif_ros import imaging, labels
 from ssvif_train import losses
 from ssvif_train.cli import main as train_main
 from ssvif_train.config import ConfigError, load_config
-from ssvif_train.data import build_datasets, discover_pairs, PairDataset
+from ssvif_train.data import build_datasets, discover_pairs, label_spec, PairDataset
 from ssvif_train.export import main as export_main
 from ssvif_train.trainer import Trainer
 
@@ -89,7 +89,6 @@ def test_label_follows_crops_and_flips(tmp_path):
     cfg = load_config(None, [f'data.root={tmp_path}', 'data.box_core=1.0', 'data.box_margin=0',
                              'data.crop=48'] + SMALL[1:])
     rep = discover_pairs(str(tmp_path))
-    from ssvif_train.data import label_spec
     ds = PairDataset(rep.pairs, 48, True, seed=1, labels=label_spec(cfg))
     n_flipped = 0
     for epoch in range(6):
@@ -254,3 +253,22 @@ def test_semantic_export_card_and_onnx_class_map_match_torch(msrs_boxes, msrs_di
     fb, ib = torch_b.infer(v, t)
     assert np.abs(fa - fb).max() < 1e-4
     assert (ia == ib).mean() >= 0.999 and ia.max() < 4
+
+
+def test_pixel_labels_msrs_and_fmb_give_semantic_ids(tmp_path):
+    rng = np.random.default_rng(0)
+    fmb_ids = np.array([[0, 8, 9, 13, 255, 2]], np.uint8).repeat(40, 0).repeat(8, 1)  # 40 x 48
+    msrs_ids = np.array([[0, 1, 2, 3, 4, 255]], np.uint8).repeat(40, 0).repeat(8, 1)
+    for layout, (vi, ir, lab), ids in (('fmb', ('Visible', 'Infrared', 'Label'), fmb_ids),
+                                       ('msrs', ('vi', 'ir', 'Segmentation_labels'), msrs_ids)):
+        root = tmp_path / layout
+        imaging.write_image(root / vi / 'a.png', rng.integers(0, 255, (40, 48, 3), np.uint8))
+        imaging.write_image(root / ir / 'a.png', rng.integers(0, 255, (40, 48), np.uint8))
+        imaging.write_image(root / lab / 'a.png', ids)
+        cfg = load_config(None, [f'data.root={root}'] + SMALL[1:])
+        ds = PairDataset(discover_pairs(str(root)).pairs, 0, False, labels=label_spec(cfg))
+        assert ds.kinds == ['pixels']
+        got = ds[0][2][0].tolist()[::8]
+        # FMB: person 8 -> 2, car 9 -> 1, bicycle 13 -> 3, others -> 0; MSRS ids >= 4 -> 0
+        want = [0, 2, 1, 3, 255, 0] if layout == 'fmb' else [0, 1, 2, 3, 0, 255]
+        assert got == want, layout
