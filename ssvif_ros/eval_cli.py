@@ -361,8 +361,7 @@ def write_class_sheet(path, rows, class_names: Sequence[str], pal: np.ndarray,
     """
     lines = []
     for title, vis, ir, fused, ids in rows:
-        color = imaging.colorize(ids, pal)
-        over = np.where((ids > 0)[:, :, None], imaging.overlay(fused, color, alpha), fused)
+        over = imaging.class_overlay(fused, ids, pal, alpha, keep_background=True)
         cells = [(vis, 'visible'), (ir, 'thermal'), (fused, 'fused'), (over, 'classes')]
         tiles = []
         for img, what in cells:

@@ -542,9 +542,8 @@ class FusionNode(Node):
         if self._pub_seg.get_subscription_count() > 0:
             self._pub_seg.publish(ros_image.numpy_to_image(ids, 'mono8', header))
         if cfg.publish_color and self._pub_color.get_subscription_count() > 0:
-            color = imaging.colorize(ids, self._palette)  # H x W x 3 uint8
-            if cfg.overlay_alpha > 0.0:
-                color = imaging.overlay(fused8, color, cfg.overlay_alpha)
+            color = imaging.class_overlay(fused8, ids, self._palette, cfg.overlay_alpha,
+                                          self._backend.semantic)  # H x W x 3 uint8
             self._pub_color.publish(ros_image.numpy_to_image(color, 'rgb8', header))
         info = self._camera_info
         if self._pub_info is not None and info is not None:

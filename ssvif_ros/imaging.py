@@ -367,6 +367,23 @@ def overlay(rgb: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
     return (out + 0.5).astype(np.uint8)
 
 
+def class_overlay(rgb: np.ndarray, class_ids: np.ndarray, pal: np.ndarray, alpha: float,
+                  keep_background: bool = False) -> np.ndarray:
+    """Class colours blended over an RGB uint8 image (``alpha`` 0: the palette image alone).
+
+    Semantic maps leave background (id 0) pixels as they are (``keep_background``), so people
+    and cars stand out on the image instead of everything being tinted.
+    """
+    color = colorize(class_ids, pal)                       # H x W x 3 uint8
+    if alpha <= 0.0:
+        return color
+    out = overlay(rgb, color, alpha)
+    if keep_background:
+        bg = np.asarray(class_ids) == 0
+        out[bg] = rgb[bg]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Geometry and files
 

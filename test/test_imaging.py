@@ -120,6 +120,18 @@ def test_palettes_and_colorize():
     assert o[0, 0, 0] == 100
 
 
+def test_class_overlay_keeps_the_background_of_semantic_maps():
+    rgb = np.full((2, 2, 3), 100, np.uint8)
+    ids = np.array([[0, 2], [0, 1]], np.uint8)
+    pal = np.array([[0, 0, 0], [0, 0, 200], [200, 0, 0]], np.uint8)
+    sem = imaging.class_overlay(rgb, ids, pal, 0.5, keep_background=True)
+    assert sem[0, 0].tolist() == [100, 100, 100] and sem[0, 1].tolist() == [150, 50, 50]
+    assert sem[1, 1].tolist() == [50, 50, 150]
+    clusters = imaging.class_overlay(rgb, ids, pal, 0.5)      # cluster 0 is a colour too
+    assert clusters[0, 0].tolist() == [50, 50, 50]
+    assert np.array_equal(imaging.class_overlay(rgb, ids, pal, 0.0, True), pal[ids])
+
+
 def test_image_files_round_trip_keeps_16_bit_and_rgb_order(tmp_path):
     rgb = np.zeros((3, 4, 3), np.uint8)
     rgb[..., 0] = 200  # red

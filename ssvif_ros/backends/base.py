@@ -21,6 +21,7 @@ class Backend:
         self.num_classes = 1
         self.class_names = ('background',)
         self.palette = imaging.palette(1)   # num_classes x 3 uint8, for colour class maps
+        self.semantic = False               # True: MSRS ids (0 background, 1 car, 2 person, ...)
         self.model_info: Dict = {'name': self.name}
 
     def infer(self, vis: np.ndarray, ir: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -122,6 +123,7 @@ class GraphBackend(Backend):
         pal = card.get('palette')
         self.palette = (np.asarray(pal, dtype=np.uint8) if pal
                         else imaging.palette(max(self.num_classes, 1)))
+        self.semantic = card.get('classes') == 'msrs'
         self.model_info = {'name': card.get('model', {}).get('name', '?'),
                            'onnx_sha256': card.get('onnx_sha256', ''),
                            'num_classes': self.num_classes}
