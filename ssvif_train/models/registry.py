@@ -80,18 +80,49 @@ def load_model(path, map_location='cpu'):
     return model
 
 
+class _WriteErrorKeeper:
+    """A file wrapper that remembers the OSError of a failed write.
+
+    torch.save reports a full disk only as 'unexpected pos'; this keeps the system's reason.
+    """
+
+    def __init__(self, f):
+        self.f = f
+        self.error = None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self):
+        return self.f.flush()
+
+
 def atomic_torch_save(obj, path) -> None:
-    """``torch.save`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    """``torch.save`` to ``path`` via a temporary file in the same folder and ``os.replace``.
+
+    A failed write raises OSError with the system's reason; ``path`` is then unchanged.
+    """
     import torch
     path = os.fspath(path)
     d = os.path.dirname(path) or '.'
     os.makedirs(d, exist_ok=True)
     tmp = os.path.join(d, f'.{os.path.basename(path)}.tmp{os.getpid()}')
     try:
-        torch.save(obj, tmp)
+        with open(tmp, 'wb') as f:
+            keeper = _WriteErrorKeeper(f)
+            try:
+                torch.save(obj, keeper)
+            except RuntimeError:
+                if keeper.error is not None:
+                    raise keeper.error from None
+                raise
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
 
 
