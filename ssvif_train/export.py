@@ -160,11 +160,20 @@ def main(argv=None) -> int:
     ap.add_argument('--max-size', default='1920x1088',
                     help='largest WxH of the TensorRT optimization profile')
     args = ap.parse_args(argv)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        print(f'ssvif-export: error: --out {args.out} is an existing file, not a folder',
+              file=sys.stderr)
+        return 2
     try:
         card = export(args.checkpoint, args.out, args.opset, args.seg_upsample, args.logits,
                       copy_checkpoint=args.copy_checkpoint)
     except (FileNotFoundError, ValueError) as exc:
         print(f'ssvif-export: error: {exc}', file=sys.stderr)
+        return 2
+    except OSError as exc:  # an unwritable --out, a full disk
+        where = exc.filename or args.out
+        print(f'ssvif-export: error: cannot write {where}: {exc.strerror or exc}',
+              file=sys.stderr)
         return 2
     par = card['parity']
     print(f'ssvif-export: wrote {args.out}/model.onnx and model.json '

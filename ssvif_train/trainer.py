@@ -34,7 +34,8 @@ from ssvif_ros import imaging
 from ssvif_train import losses
 from ssvif_train.config import Config, config_from_dict
 from ssvif_train.data import build_datasets
-from ssvif_train.models.registry import atomic_torch_save, create_model, model_record
+from ssvif_train.models.registry import (atomic_torch_save, create_model, model_record,
+                                         torch_load_checked)
 from ssvif_train.models.segmentation import SegFormerSeg, SegHead
 from ssvif_train.weighting import create_weighting
 
@@ -700,17 +701,9 @@ def read_checkpoint(path: str) -> dict:
     hint = (f'; {best} may still be intact: copy it to {path} to resume from the best epoch'
             if os.path.isfile(best) else '')
     try:
-        size = os.path.getsize(path)
-        if size == 0:
-            raise ValueError('the file is empty')
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated zip, unpickling error, I/O error
-        reason = _first_line(exc)
-        if 'weights_only' in reason or 'Weights only' in reason:
-            reason = 'it holds objects other than tensors and plain data (refused unread)'
-        elif 'central directory' in reason or 'zip archive' in reason:
-            reason = 'the file is truncated or damaged (not a complete zip archive)'
-        raise TrainingError(f'--resume: cannot read checkpoint {path}: {reason}{hint}') from None
+        ckpt = torch_load_checked(path)
+    except ValueError as exc:
+        raise TrainingError(f'--resume: {exc}{hint}') from None
     if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
         raise TrainingError(f'--resume: {path} is not a training checkpoint of this version')
     return ckpt

@@ -231,3 +231,133 @@ def test_disk_full_during_a_checkpoint_save_is_one_line(tmp_path):
     last = assert_one_line_error(res, 2, 'cannot write checkpoint', str(out / 'last.pt'))
     assert os.strerror(errno.EFBIG) in last, last
     assert sorted(n for n in os.listdir(out) if n.startswith('.')) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Models, checkpoints and output folders of the tools
+
+DEFAULT_MODEL = REPO / 'ssvif_ros' / 'models' / 'default'
+
+
+@pytest.fixture
+def pairs_dir(tmp_path):
+    """Two real MSRS validation pairs."""
+    src = MSRS / 'val'
+    if not (src / 'vi').is_dir():
+        pytest.skip(f'MSRS sample data not found at {src}')
+    root = tmp_path / 'pairs'
+    for sub in ('vi', 'ir'):
+        (root / sub).mkdir(parents=True)
+    for s in sorted(os.listdir(src / 'vi'))[:2]:
+        for sub in ('vi', 'ir'):
+            os.symlink(src / sub / s, root / sub / s)
+    return root
+
+
+def model_copy(tmp_path, **card_changes):
+    """The default model in a folder of its own, with ``card_changes`` applied to model.json."""
+    import json
+    import shutil
+    d = tmp_path / 'model'
+    shutil.copytree(DEFAULT_MODEL, d)
+    card = json.loads((d / 'model.json').read_text())
+    card.update(card_changes)
+    (d / 'model.json').write_text(json.dumps(card))
+    return d
+
+
+def fuse(pairs, out, *args):
+    return run_cli('ssvif_ros.fuse_cli', '--vi', pairs / 'vi', '--ir', pairs / 'ir', '--out', out,
+                   *args)
+
+
+@pytest.mark.parametrize('change,words', [
+    ({'pad_multiple': None}, 'pad_multiple'), ({'pad_multiple': 0}, 'pad_multiple'),
+    ({'pad_multiple': 7}, 'warm-up inference'), ({'class_names': 3}, 'class_names'),
+    ({'class_names': ['a', 'b']}, 'class_names'), ({'palette': [[0, 0, 300]] * 15}, 'palette'),
+])
+def test_a_bad_model_card_is_a_start_up_error(tmp_path, pairs_dir, change, words):
+    model = model_copy(tmp_path, **change)
+    res = fuse(pairs_dir, tmp_path / 'out', '--model', model)
+    assert_one_line_error(res, 2, str(model), words)
+    assert not list((tmp_path / 'out').glob('fused/*.png'))
+
+
+def test_a_card_with_other_class_names_and_palette_is_accepted(tmp_path, pairs_dir):
+    names = ['background', 'car', 'person', 'bike'] + [f'c{i}' for i in range(11)]
+    model = model_copy(tmp_path, class_names=names, palette=[[i, 255 - i, 7] for i in range(15)])
+    res = fuse(pairs_dir, tmp_path / 'out', '--model', model)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def _onnx_with_wrong_input_names(path):
+    import onnx
+    from onnx import helper, TensorProto
+    a = helper.make_tensor_value_info('a', TensorProto.FLOAT, ['N', 3, 'H', 'W'])
+    b = helper.make_tensor_value_info('b', TensorProto.FLOAT, ['N', 3, 'H', 'W'])
+    fused = helper.make_tensor_value_info('fused', TensorProto.FLOAT, ['N', 3, 'H', 'W'])
+    ids = helper.make_tensor_value_info('class_ids', TensorProto.UINT8, ['N', 'H', 'W'])
+    nodes = [helper.make_node('Max', ['a', 'b'], ['fused']),
+             helper.make_node('ReduceMax', ['a'], ['r'], axes=[1], keepdims=0),
+             helper.make_node('Cast', ['r'], ['class_ids'], to=TensorProto.UINT8)]
+    graph = helper.make_graph(nodes, 'wrong_names', [a, b], [fused, ids])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 13)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def test_an_onnx_model_with_wrong_inputs_is_a_start_up_error(tmp_path, pairs_dir):
+    model = model_copy(tmp_path)
+    _onnx_with_wrong_input_names(model / 'model.onnx')
+    res = fuse(pairs_dir, tmp_path / 'out', '--model', model)
+    assert_one_line_error(res, 2, 'model.onnx', "no input named 'vis'")
+
+
+def _bad_checkpoints(tmp_path):
+    import torch
+    good = torch.load(DEFAULT_MODEL / 'model.pt', map_location='cpu', weights_only=True)
+    out = {}
+    for label, edit in (
+            ('unknown_model', lambda c: c['fusion'].update(model_name='nosuchnet')),
+            ('bad_config', lambda c: c['fusion'].update(model_config={'widthz': 3})),
+            ('state_mismatch', lambda c: c['fusion']['state_dict'].popitem())):
+        ck = {k: (dict(v) if isinstance(v, dict) else v) for k, v in good.items()}
+        ck['fusion'] = dict(good['fusion'], state_dict=dict(good['fusion']['state_dict']))
+        edit(ck)
+        torch.save(ck, tmp_path / f'{label}.pt')
+        out[label] = tmp_path / f'{label}.pt'
+    (tmp_path / 'empty.pt').write_bytes(b'')
+    out['empty'] = tmp_path / 'empty.pt'
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ('touch ' + str(tmp_path / 'pwned'),))
+    torch.save({'fusion': Evil()}, tmp_path / 'pickle.pt')
+    out['pickle'] = tmp_path / 'pickle.pt'
+    return out
+
+
+CKPT_WORDS = {'unknown_model': 'nosuchnet', 'bad_config': 'widthz',
+              'state_mismatch': 'state_dict', 'empty': 'empty',
+              'pickle': 'other than tensors'}
+
+
+def test_bad_checkpoints_are_one_line_errors_in_export_and_torch_backend(tmp_path, pairs_dir):
+    for label, path in _bad_checkpoints(tmp_path).items():
+        res = run_cli('ssvif_train.export', path, '--out', tmp_path / f'exp_{label}')
+        assert_one_line_error(res, 2, str(path), CKPT_WORDS[label])
+    res = fuse(pairs_dir, tmp_path / 'out', '--backend', 'torch', '--model',
+               tmp_path / 'unknown_model.pt')
+    assert_one_line_error(res, 2, 'unknown_model.pt', 'nosuchnet')
+    assert not (tmp_path / 'pwned').exists()
+
+
+def test_an_existing_file_as_out_is_one_line_in_export_and_fuse(tmp_path, pairs_dir):
+    afile = tmp_path / 'afile'
+    afile.write_text('x')
+    res = run_cli('ssvif_train.export', DEFAULT_MODEL / 'model.pt', '--out', afile)
+    assert_one_line_error(res, 2, str(afile), 'existing file')
+    res = fuse(pairs_dir, afile)
+    assert_one_line_error(res, 2, str(afile), 'cannot create output folder')
+    res = fuse(pairs_dir, afile / 'sub')
+    assert_one_line_error(res, 2, str(afile / 'sub'), 'cannot create output folder')
