@@ -361,3 +361,265 @@ def test_an_existing_file_as_out_is_one_line_in_export_and_fuse(tmp_path, pairs_
     assert_one_line_error(res, 2, str(afile), 'cannot create output folder')
     res = fuse(pairs_dir, afile / 'sub')
     assert_one_line_error(res, 2, str(afile / 'sub'), 'cannot create output folder')
+
+
+# ---------------------------------------------------------------------------------------------
+# Node parameters: homography and output size (pure functions, no ROS)
+
+
+def _values(**overrides):
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2) not installed')
+    from ssvif_ros.fusion_node import PARAMETERS
+    values = {p.name: p.default for p in PARAMETERS}
+    values.update(backend='maxluma', **overrides)
+    return values
+
+
+def test_homography_has_no_scale_and_must_keep_the_frame_finite():
+    from ssvif_ros.fusion_node import make_config
+    cfg = make_config(_values(thermal_homography=[2e-5, 0, 0, 0, 2e-5, 0, 0, 0, 2e-5]))
+    assert cfg.homography_identity
+    cfg = make_config(_values(thermal_homography=[2.0, 0, 10.0, 0, 2.0, 6.0, 0, 0, 2.0]))
+    assert cfg.homography == (1.0, 0, 5.0, 0, 1.0, 3.0, 0, 0, 1.0)
+    with pytest.raises(ValueError, match='thermal_homography.*infinity'):
+        make_config(_values(thermal_homography=[0, 0, 1, 0, 1, 0, 1, 0, 0]))
+    with pytest.raises(ValueError, match='thermal_homography.*outside the 640x512'):
+        make_config(_values(thermal_homography=[1, 0, -5000, 0, 1, 0, 0, 0, 1]))
+    with pytest.raises(ValueError, match='singular'):
+        make_config(_values(thermal_homography=[1, 2, 3, 2, 4, 6, 0, 0, 1]))
+
+
+def test_homography_is_checked_per_frame_size_too():
+    from ssvif_ros.fusion_node import FrameError, make_config, prepare_pair
+    from ssvif_ros.ros_image import numpy_to_image
+    import numpy as np
+    # fine for 640x512 frames; for a 4000 px wide RGB frame its line at infinity (x = 2000)
+    # crosses the frame
+    cfg = make_config(_values(thermal_homography=[1, 0, 0, 0, 1, 0, 5e-4, 0, 1]))
+    rgb = numpy_to_image(np.zeros((20, 4000, 3), np.uint8), 'rgb8')
+    th = numpy_to_image(np.zeros((20, 4000), np.uint8), 'mono8')
+    with pytest.raises(FrameError, match='infinity') as info:
+        prepare_pair(rgb, th, cfg)
+    assert info.value.reason == 'bad_homography'
+
+
+def test_output_size_needing_absurd_memory_is_rejected_with_the_limit():
+    from ssvif_ros.fusion_node import make_config
+    with pytest.raises(ValueError, match=r'output_size: 16384x16384 .*limit of 33177600'):
+        make_config(_values(output_size='16384x16384'))
+    assert make_config(_values(output_size='7680x4320')).output_size == (7680, 4320)
+
+
+# ---------------------------------------------------------------------------------------------
+# The node as a ROS 2 process: failing pairs, a dead worker, bad models at start
+
+NODE_DOMAIN = 100 + os.getpid() % 100
+
+# Runs the real node with a fault injected at a named point: prepare_pair (the decode and
+# register stage: MemoryError as under a memory limit) or the backend call (a backend bug), for
+# the pairs numbered in FAULT_PAIRS; FAULT=death raises a BaseException in the backend, which
+# nothing per pair may swallow: the worker thread dies.
+FAULTY_NODE = '''
+import os, sys
+from ssvif_ros import fusion_node
+from ssvif_ros.backends import base
+
+FAULT = os.environ['FAULT']
+FIRST, LAST = (int(v) for v in os.environ['FAULT_PAIRS'].split('-'))
+count = [0]
+
+
+class ThreadDeath(BaseException):
+    pass
+
+
+real_prepare = fusion_node.prepare_pair
+
+
+def prepare_pair(*args):
+    count[0] += 1
+    if FAULT == 'memory' and FIRST <= count[0] <= LAST:
+        raise MemoryError()
+    return real_prepare(*args)
+
+
+class Faulty(base.MaxLumaBackend):
+    name = 'faulty'
+
+    def infer(self, vis, ir):
+        if FIRST <= count[0] <= LAST:
+            if FAULT == 'backend':
+                raise RuntimeError('injected backend failure')
+            if FAULT == 'death':
+                raise ThreadDeath('injected thread death')
+        return super().infer(vis, ir)
+
+
+fusion_node.prepare_pair = prepare_pair
+base.BACKENDS['faulty'] = lambda model, threads, device: Faulty()
+fusion_node.MODEL_FREE_BACKENDS = fusion_node.MODEL_FREE_BACKENDS + ('faulty',)
+sys.exit(fusion_node.main())
+'''
+
+
+def node_env(**extra):
+    return _env(RMW_IMPLEMENTATION='rmw_fastrtps_cpp', ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
+                ROS_DOMAIN_ID=str(NODE_DOMAIN),
+                FASTDDS_DEFAULT_PROFILES_FILE=str(REPO / 'config' / 'fastdds_shm.xml'),
+                **extra)
+
+
+class Feeder:
+    """This process's ROS side: publishes pairs, records fused images and /diagnostics."""
+
+    def __init__(self):
+        from diagnostic_msgs.msg import DiagnosticArray
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from rclpy.signals import SignalHandlerOptions
+        from sensor_msgs.msg import Image
+        import threading
+        os.environ['ROS_DOMAIN_ID'] = str(NODE_DOMAIN)
+        self.rclpy = rclpy
+        self.ctx = rclpy.Context()
+        rclpy.init(args=[], context=self.ctx, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node('fault_feeder', context=self.ctx)
+        self.fused, self.diag = [], []
+        rel = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(Image, 'fused/image', self.fused.append, rel)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 50)
+        self.pub_rgb = self.node.create_publisher(Image, 'rgb/image_raw', 10)
+        self.pub_th = self.node.create_publisher(Image, 'thermal/image_raw', 10)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        while not self.stop.is_set() and self.ctx.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def _on_diag(self, msg):
+        for st in msg.status:
+            if st.name.endswith('fusion_node: fusion'):
+                self.diag.append((st.level, st.message, {kv.key: kv.value for kv in st.values}))
+
+    def wait_connected(self, timeout=20.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if (self.pub_rgb.get_subscription_count() and self.pub_th.get_subscription_count()
+                    and self.node.count_publishers('/fused/image')):
+                time.sleep(0.5)
+                return True
+            time.sleep(0.05)
+        return False
+
+    def publish_pairs(self, n, rate=10.0):
+        import numpy as np
+        from ssvif_ros.ros_image import numpy_to_image
+        rgb = np.full((48, 64, 3), 90, np.uint8)
+        th = np.full((48, 64), 200, np.uint8)
+        t0 = time.time_ns()
+        for i in range(n):
+            stamp = t0 + i * int(1e9 / rate)
+            for pub, img, enc in ((self.pub_rgb, rgb, 'rgb8'), (self.pub_th, th, 'mono8')):
+                msg = numpy_to_image(img, enc)
+                msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+                pub.publish(msg)
+            time.sleep(1.0 / rate)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5.0)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.ctx)
+
+
+@pytest.fixture
+def feeder():
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2) not installed')
+    f = Feeder()
+    yield f
+    f.close()
+
+
+def start_faulty_node(tmp_path, fault, pairs):
+    script = tmp_path / 'faulty_node.py'
+    script.write_text(FAULTY_NODE)
+    log = open(tmp_path / 'node.log', 'w')
+    proc = subprocess.Popen([sys.executable, str(script), '--ros-args', '-p', 'backend:=faulty'],
+                            cwd=REPO, env=node_env(FAULT=fault, FAULT_PAIRS=pairs), stdout=log,
+                            stderr=subprocess.STDOUT)
+    log.close()
+    return proc
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize('fault,reason', [('memory', 'worker_error'),
+                                          ('backend', 'inference_error')])
+def test_the_worker_survives_failing_pairs_and_reports_error(tmp_path, feeder, fault, reason):
+    from diagnostic_msgs.msg import DiagnosticStatus
+    proc = start_faulty_node(tmp_path, fault, '3-22')
+    try:
+        assert feeder.wait_connected(), (tmp_path / 'node.log').read_text()[-2000:]
+        feeder.publish_pairs(45)  # pairs 3..22 fail: two seconds of failures at 10 Hz
+        time.sleep(2.5)
+        assert proc.poll() is None, (tmp_path / 'node.log').read_text()[-2000:]
+        levels = [(lvl, msg) for lvl, msg, _ in feeder.diag]
+        assert any(lvl == DiagnosticStatus.ERROR and 'pairs failed' in msg
+                   for lvl, msg in levels), levels
+        assert levels[-1][0] != DiagnosticStatus.ERROR, levels  # recovered after the failures
+        values = feeder.diag[-1][2]
+        assert int(values[f'drops.{reason}']) == 20, values
+        assert int(values['published']) >= 15, values  # fused again after the failures
+        log = (tmp_path / 'node.log').read_text()
+        errors = [ln for ln in log.splitlines() if 'pair failed' in ln]
+        assert 1 <= len(errors) <= 2, errors  # throttled: one per 5 s
+        assert 'Traceback' not in log
+    finally:
+        stop(proc)
+
+
+def test_a_dead_worker_makes_the_node_exit_1_for_a_supervisor(tmp_path, feeder):
+    from diagnostic_msgs.msg import DiagnosticStatus
+    proc = start_faulty_node(tmp_path, 'death', '3-3')
+    try:
+        assert feeder.wait_connected(), (tmp_path / 'node.log').read_text()[-2000:]
+        feeder.publish_pairs(10)
+        assert proc.wait(10) == 1
+        assert any(lvl == DiagnosticStatus.ERROR and 'inference worker died' in msg
+                   for lvl, msg, _ in feeder.diag), feeder.diag
+        log = (tmp_path / 'node.log').read_text()
+        assert 'injected thread death' in log and 'Traceback' not in log, log[-2000:]
+    finally:
+        stop(proc)
+
+
+@pytest.mark.parametrize('params,words', [
+    (['backend:=torch', 'device:=abc'], 'abc'),
+    (['model:={bad_card}'], 'pad_multiple'),
+])
+def test_node_start_with_a_bad_model_or_device_is_one_line_exit_1(tmp_path, params, words):
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2) not installed')
+    bad_card = model_copy(tmp_path, pad_multiple=None)
+    cmd = [sys.executable, '-m', 'ssvif_ros.fusion_node', '--ros-args']
+    for p in params:
+        cmd += ['-p', p.format(bad_card=bad_card)]
+    res = subprocess.run(cmd, cwd=REPO, env=node_env(), capture_output=True, text=True,
+                         timeout=60)
+    out = (res.stdout + res.stderr).strip()
+    assert res.returncode == 1, out[-2000:]
+    assert 'Traceback' not in out and 'weights_only=False' not in out, out[-2000:]
+    assert 'cannot start' in out.splitlines()[-1] and words in out.splitlines()[-1], out
