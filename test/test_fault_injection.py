@@ -623,3 +623,43 @@ def test_node_start_with_a_bad_model_or_device_is_one_line_exit_1(tmp_path, para
     assert res.returncode == 1, out[-2000:]
     assert 'Traceback' not in out and 'weights_only=False' not in out, out[-2000:]
     assert 'cannot start' in out.splitlines()[-1] and words in out.splitlines()[-1], out
+
+
+# ---------------------------------------------------------------------------------------------
+# Bags
+
+
+def test_a_truncated_mcap_yields_the_pairs_before_the_cut(tmp_path, capsys):
+    pytest.importorskip('rosbags')
+    import json
+    import test_bag_extract as tb
+    topics, expected = tb.synthetic('rgb8', 'mono8')
+    full = tb.write_bag(tmp_path / 'full', topics, 'mcap')
+    assert tb.extract(full, tmp_path / 'out_full') == 0
+    n_full = len(os.listdir(tmp_path / 'out_full' / 'vi'))
+    bag = tb.write_bag(tmp_path / 'bag', topics, 'mcap')
+    f = next(bag.glob('*.mcap'))
+    data = f.read_bytes()
+    f.write_bytes(data[:int(len(data) * 0.6)])
+    assert tb.extract(bag, tmp_path / 'out') == 0
+    err = capsys.readouterr().err
+    assert f'{f} stops at byte {int(len(data) * 0.6)}' in err, err
+    rep = json.loads((tmp_path / 'out' / 'extract.json').read_text())
+    assert rep['status'] == 'truncated' and rep['truncated']['file'] == str(f)
+    n = len(os.listdir(tmp_path / 'out' / 'vi'))
+    assert 0 < n < n_full
+    assert sorted(os.listdir(tmp_path / 'out' / 'vi')) == \
+        sorted(os.listdir(tmp_path / 'out_full' / 'vi'))[:n]
+
+
+def test_no_pairs_when_every_thermal_frame_failed_does_not_blame_clocks(tmp_path, capsys):
+    pytest.importorskip('rosbags')
+    import test_bag_extract as tb
+    topics, _ = tb.synthetic('rgb8', 'mono8')
+    for _, msg in topics[tb.TH_TOPIC][1]:
+        msg.encoding = 'yuv422'
+    bag = tb.write_bag(tmp_path / 'bag', topics, 'sqlite3')
+    assert tb.extract(bag, tmp_path / 'out') == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert 'every one of the' in last and 'thermal frames failed conversion' in last, last
+    assert 'thermal.unsupported_encoding' in last and 'clock' not in last, last
