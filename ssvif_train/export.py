@@ -36,15 +36,21 @@ def _export_onnx(graph, path: str, opset: int, probe_hw) -> None:
         dyn['logits'] = {0: 'N', 2: 'h', 3: 'w'}
     tmp = path + '.tmp'
     import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        torch.onnx.export(graph, (vis, ir), tmp, input_names=INPUT_NAMES,
-                          output_names=outputs, dynamic_axes=dyn, opset_version=opset,
-                          do_constant_folding=True, dynamo=False)
-    import onnx
-    model = onnx.load(tmp)
-    onnx.checker.check_model(model, full_check=True)
-    os.replace(tmp, path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            torch.onnx.export(graph, (vis, ir), tmp, input_names=INPUT_NAMES,
+                              output_names=outputs, dynamic_axes=dyn, opset_version=opset,
+                              do_constant_folding=True, dynamo=False)
+        import onnx
+        model = onnx.load(tmp)
+        onnx.checker.check_model(model, full_check=True)
+        os.replace(tmp, path)
+    except OSError as exc:  # a full disk: name the file being written
+        raise OSError(exc.errno, exc.strerror, path) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def parity(graph, onnx_path: str, vis: np.ndarray, ir: np.ndarray) -> dict:

@@ -663,3 +663,41 @@ def test_no_pairs_when_every_thermal_frame_failed_does_not_blame_clocks(tmp_path
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert 'every one of the' in last and 'thermal frames failed conversion' in last, last
     assert 'thermal.unsupported_encoding' in last and 'clock' not in last, last
+
+
+def _file_size_limit(limit=64 * 1024):
+    """preexec_fn: writes past ``limit`` bytes fail with EFBIG, as on a full disk."""
+    import resource
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_disk_full_during_export_is_one_line_and_leaves_no_temp_file(tmp_path):
+    out = tmp_path / 'exp'
+    res = run_cli('ssvif_train.export', DEFAULT_MODEL / 'model.pt', '--out', out,
+                  preexec_fn=_file_size_limit)
+    assert_one_line_error(res, 2, str(out / 'model.onnx'), os.strerror(errno.EFBIG))
+    assert os.listdir(out) == []
+
+
+def test_pairing_drops_get_a_throttled_warning(tmp_path, feeder):
+    log = open(tmp_path / 'node.log', 'w')
+    proc = subprocess.Popen([sys.executable, '-m', 'ssvif_ros.fusion_node', '--ros-args',
+                             '-p', 'backend:=maxluma', '-p', 'queue_size:=2'], cwd=REPO,
+                            env=node_env(), stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    try:
+        assert feeder.wait_connected(), (tmp_path / 'node.log').read_text()[-2000:]
+        import numpy as np
+        from ssvif_ros.ros_image import numpy_to_image
+        for i in range(25):  # RGB only: the thermal camera stopped
+            msg = numpy_to_image(np.zeros((8, 8, 3), np.uint8), 'rgb8')
+            msg.header.stamp.sec = 1000 + i
+            feeder.pub_rgb.publish(msg)
+            time.sleep(0.1)
+        time.sleep(1.5)
+    finally:
+        stop(proc)
+    lines = [ln for ln in (tmp_path / 'node.log').read_text().splitlines()
+             if 'pairing dropped' in ln]
+    assert 1 <= len(lines) <= 2 and 'pairing.rgb.queue_overflow' in lines[0], lines
