@@ -11,8 +11,10 @@ Examples::
 ``model`` and ``backend`` override the params file only when given. Topic arguments remap the
 node's inputs (``rgb/image_raw``, ``thermal/image_raw``, ``rgb/camera_info``); outputs are
 ``fused/image``, ``fused/segmentation``, ``fused/segmentation_color``, ``fused/camera_info``
-under ``namespace``. The node process gets the packaged Fast DDS shared-memory profile
-(``dds_profile``); camera drivers publishing large images need it too (see the README).
+under ``namespace``. With ``respawn`` (default true) launch restarts the node 2 s after it
+exits, which it does with status 1 when its inference worker died. The node process gets the
+packaged Fast DDS shared-memory profile (``dds_profile``); camera drivers publishing large
+images need it too (see the README).
 """
 import os
 
@@ -34,12 +36,15 @@ def _fusion_node(context):
             overrides[name] = value
     if overrides:
         parameters.append(overrides)  # later entries win over the params file
+    respawn = LaunchConfiguration('respawn').perform(context).lower() in ('true', '1', 'yes')
     return [Node(
         package='ssvif_ros',
         executable='fusion_node',
         name='fusion_node',
         namespace=LaunchConfiguration('namespace'),
         output='screen',
+        respawn=respawn,
+        respawn_delay=2.0,
         parameters=parameters,
         remappings=[
             ('rgb/image_raw', LaunchConfiguration('rgb_topic')),
@@ -64,6 +69,8 @@ def generate_launch_description():
             'backend', default_value='', choices=BACKENDS,
             description="Inference backend; '' keeps the params file's value"),
         DeclareLaunchArgument('namespace', default_value='', description='Node namespace'),
+        DeclareLaunchArgument('respawn', default_value='true', choices=['true', 'false'],
+                              description='Restart the node when it exits (e.g. worker died)'),
         DeclareLaunchArgument('rgb_topic', default_value='rgb/image_raw',
                               description='RGB image topic (sensor_msgs/Image)'),
         DeclareLaunchArgument('thermal_topic', default_value='thermal/image_raw',

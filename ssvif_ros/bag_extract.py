@@ -36,7 +36,9 @@ reason and extraction goes on; a frame rejected before pairing never takes a par
 fails after pairing (pixel decoding is done for kept pairs only) loses its pair. Each pair is
 written to a staging folder first and moved into ``vi/`` and ``ir/`` together, so an interrupted
 run never leaves half a pair; pairs already written stay and ``extract.json`` says how many
-(``status``: complete, max_pairs, interrupted, error, no_pairs).
+(``status``: complete, truncated, max_pairs, interrupted, error, no_pairs). An MCAP file cut
+short (no footer or index) is read record by record up to the cut; ``truncated`` in the report
+and a warning say where it stopped.
 
 Exit status: 0 when at least one pair was written; 2 for unusable input (missing or unreadable
 bag, unknown topic -- the message lists the bag's topics and types --, wrong message type, bad
@@ -183,8 +185,140 @@ def open_bag(path: str):
         reader = AnyReader([p], default_typestore=get_typestore(Stores.LATEST))
         reader.open()
     except (AnyReaderError, OSError, ValueError, KeyError) as exc:
+        mcaps = sorted(p.glob('*.mcap')) if p.is_dir() else [p] if p.suffix == '.mcap' else []
+        if len(mcaps) == 1:
+            # An MCAP file cut short (recorder killed, disk full) has no footer and no index,
+            # which rosbags needs; its records up to the cut are still readable in order.
+            salvage = SalvageMcapReader(mcaps[0], get_typestore(Stores.LATEST))
+            if salvage.connections:
+                return salvage
         raise ExtractError(f'cannot read bag {path}: {exc}') from None
     return reader
+
+
+class _Topic:
+    def __init__(self, msgtype: str):
+        self.msgtype = msgtype
+        self.msgcount = 0
+
+
+class _Conn:
+    def __init__(self, cid: int, topic: str, msgtype: str):
+        self.id, self.topic, self.msgtype = cid, topic, msgtype
+
+
+class SalvageMcapReader:
+    """Reads an MCAP file record by record up to where it is cut off (AnyReader's interface).
+
+    ``stopped`` is None when the file was read to its end, else ``(byte offset, reason)``.
+    Only uncompressed and zstd/lz4 chunks (when those modules are present) are read.
+    """
+
+    MAGIC = b'\x89MCAP0\r\n'
+
+    def __init__(self, path: Path, typestore):
+        import struct
+        self.path = path
+        self.typestore = typestore
+        self.stopped: Optional[Tuple[int, str]] = None
+        self._schemas: Dict[int, str] = {}
+        self.connections: List[_Conn] = []
+        self.topics: Dict[str, _Topic] = {}
+        self._messages: List[Tuple[_Conn, int, bytes]] = []
+        data = path.read_bytes()
+        if not data.startswith(self.MAGIC):
+            return
+        pos = len(self.MAGIC)
+        u64 = struct.Struct('<Q')
+        while True:
+            if pos == len(data):
+                self.stopped = (pos, 'the file ends without a footer')
+                break
+            if pos + 9 > len(data):
+                self.stopped = (pos, 'the file is cut inside a record header')
+                break
+            op = data[pos]
+            (length,) = u64.unpack_from(data, pos + 1)
+            if pos + 9 + length > len(data):
+                self.stopped = (len(data), f'cut inside a record of {length} bytes that '
+                                           f'starts at byte {pos}')
+                if op == 0x06:  # a cut chunk: its complete records are still readable
+                    try:
+                        self._record(op, data[pos + 9:], partial=True)
+                    except (struct.error, ValueError, KeyError, UnicodeDecodeError):
+                        pass
+                break
+            body = data[pos + 9:pos + 9 + length]
+            pos += 9 + length
+            if op == 0x02:  # footer: the end
+                break
+            try:
+                self._record(op, body)
+            except (struct.error, ValueError, KeyError, UnicodeDecodeError) as exc:
+                self.stopped = (pos - 9 - length, f'damaged record: {exc}')
+                break
+        self._messages.sort(key=lambda m: m[1])
+        self.start_time = self._messages[0][1] if self._messages else 0
+
+    def _record(self, op: int, body: bytes, partial: bool = False) -> None:
+        import struct
+
+        def string(off):
+            (n,) = struct.unpack_from('<I', body, off)
+            return body[off + 4:off + 4 + n].decode(), off + 4 + n
+        if op == 0x03:  # schema
+            sid, = struct.unpack_from('<H', body, 0)
+            name, _ = string(2)
+            self._schemas[sid] = name
+        elif op == 0x04:  # channel
+            cid, sid = struct.unpack_from('<HH', body, 0)
+            topic, _ = string(4)
+            msgtype = self._schemas.get(sid, '')
+            conn = _Conn(cid, topic, msgtype)
+            self.connections.append(conn)
+            self.topics.setdefault(topic, _Topic(msgtype))
+        elif op == 0x05:  # message
+            cid, _, log_time = struct.unpack_from('<HIQ', body, 0)
+            conn = next(c for c in self.connections if c.id == cid)
+            self.topics[conn.topic].msgcount += 1
+            self._messages.append((conn, log_time, body[22:]))
+        elif op == 0x06:  # chunk: records inside, possibly compressed
+            off = 8 + 8 + 8 + 4
+            compression, off = string(off)
+            (n,) = struct.unpack_from('<Q', body, off)
+            records = body[off + 8:off + 8 + n]
+            if compression == 'zstd':
+                import zstandard
+                records = zstandard.ZstdDecompressor().decompress(records)
+            elif compression == 'lz4':
+                import lz4.frame
+                records = lz4.frame.decompress(records)
+            elif compression:
+                raise ValueError(f'unsupported chunk compression {compression!r}')
+            i = 0
+            while i + 9 <= len(records):
+                (length,) = struct.unpack_from('<Q', records, i + 1)
+                if i + 9 + length > len(records):
+                    if partial:
+                        break
+                    raise ValueError('a record runs past the end of its chunk')
+                self._record(records[i], records[i + 9:i + 9 + length])
+                i += 9 + length
+
+    def messages(self, connections=None, start=None, stop=None):
+        """(connection, log time ns, raw CDR) in log-time order, as AnyReader.messages."""
+        ids = None if connections is None else {c.id for c in connections}
+        for conn, t, raw in self._messages:
+            if ((ids is None or conn.id in ids) and (start is None or t >= start)
+                    and (stop is None or t < stop)):
+                yield conn, t, raw
+
+    def deserialize(self, raw: bytes, msgtype: str):
+        """CDR bytes -> message object."""
+        return self.typestore.deserialize_cdr(raw, msgtype)
+
+    def close(self) -> None:
+        """Nothing to release (the file was read at open)."""
 
 
 def select_connections(reader, rgb_topic: str, thermal_topic: str):
@@ -289,6 +423,7 @@ class Extraction:
         self.sizes: Dict[str, Dict[str, int]] = {n: {} for n in STREAM_NAMES}
         self.status = 'running'
         self.error: Optional[str] = None
+        self.truncated: Optional[Dict[str, Any]] = None
 
     def fail(self, exc: FrameError, stamp: Optional[int], topic: str) -> None:
         """Count a frame that cannot be used and keep an example of the first few."""
@@ -371,6 +506,7 @@ class Extraction:
             'thermal_files': self.thermal_files,
             'sizes': self.sizes,
             'failure_examples': self.examples,
+            'truncated': self.truncated,
         }
 
 
@@ -402,6 +538,9 @@ def _run(args, reader) -> int:
     stream_of = {args.rgb_topic: RGB, args.thermal_topic: THERMAL}
     lo, hi = _bag_window(reader, args.start, args.end)
     previous = _prepare_output(ext.out, args.append)
+    stopped = getattr(reader, 'stopped', None)
+    if stopped is not None:
+        ext.truncated = {'file': str(reader.path), 'byte': stopped[0], 'reason': stopped[1]}
     from tqdm import tqdm
     total = sum(i.msgcount for i in infos) if lo is None and hi is None else None
     bar = tqdm(total=total, desc=PROG, unit='msg', disable=args.quiet, file=sys.stderr)
@@ -423,7 +562,7 @@ def _run(args, reader) -> int:
             if ext.kept and ext.kept % 20 == 0:
                 bar.set_postfix(pairs=ext.kept, refresh=False)
         else:
-            ext.status = 'complete'
+            ext.status = 'truncated' if ext.truncated else 'complete'
         if ext.kept == 0 and ext.skipped_existing == 0:
             ext.status = 'no_pairs'
             ext.error = _no_pairs_message(ext)
@@ -470,6 +609,11 @@ def _no_pairs_message(ext: Extraction) -> str:
         return (f'no pairs: the bag window holds {m["rgb"]} RGB and {m["thermal"]} thermal '
                 'messages')
     why = ', '.join(f'{k}: {v}' for k, v in sorted(ext.failures.items())) or 'none'
+    for name, label in (('rgb', 'RGB'), ('thermal', 'thermal')):
+        failed = sum(v for k, v in ext.failures.items() if k.startswith(name + '.'))
+        if failed >= m[name]:
+            return (f'no pair written: every one of the {m[name]} {label} frames failed '
+                    f'conversion ({why})')
     hint = ''
     if ext.pairs == 0:
         hint = ('; no stamps within --slop of each other (check the camera clocks, raise '
@@ -494,6 +638,10 @@ def _print_summary(ext: Extraction, report: Dict[str, Any], code: int) -> None:
         print(f'{PROG}: note: RGB {"/".join(ext.sizes["rgb"])} and thermal '
               f'{"/".join(ext.sizes["thermal"])} differ in size: train with '
               '--set data.resize=ir_to_vi (after registering the cameras)', file=sys.stderr)
+    if ext.truncated:
+        t = ext.truncated
+        print(f'{PROG}: warning: {t["file"]} stops at byte {t["byte"]} ({t["reason"]}); '
+              'the messages before that point were read', file=sys.stderr)
     if ext.error:
         print(f'{PROG}: error: {ext.error}', file=sys.stderr)
 

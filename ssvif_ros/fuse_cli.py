@@ -59,6 +59,13 @@ def main(argv=None) -> int:
     except (ValueError, BackendError) as exc:
         print(f'ssvif-fuse: error: {exc}', file=sys.stderr)
         return 2
+    try:
+        for sub in ('fused',) if args.no_seg else ('fused', 'segmentation', 'segmentation_color'):
+            os.makedirs(os.path.join(args.out, sub), exist_ok=True)
+    except OSError as exc:
+        print(f'ssvif-fuse: error: cannot create output folder {args.out}: '
+              f'{exc.strerror or exc}', file=sys.stderr)
+        return 2
     pairs, vi_only, ir_only = _pairs(args.vi, args.ir)
     if not pairs:
         print(f'ssvif-fuse: error: no pairs with matching names in {args.vi} and {args.ir}',
@@ -82,12 +89,17 @@ def main(argv=None) -> int:
         except (OSError, ValueError) as exc:
             failed[stem] = str(exc)
             continue
-        imaging.write_image(os.path.join(args.out, 'fused', f'{stem}.png'),
-                            imaging.to_uint8(fused))
-        if not args.no_seg:
-            imaging.write_image(os.path.join(args.out, 'segmentation', f'{stem}.png'), ids)
-            imaging.write_image(os.path.join(args.out, 'segmentation_color', f'{stem}.png'),
-                                imaging.colorize(ids, pal))
+        try:
+            imaging.write_image(os.path.join(args.out, 'fused', f'{stem}.png'),
+                                imaging.to_uint8(fused))
+            if not args.no_seg:
+                imaging.write_image(os.path.join(args.out, 'segmentation', f'{stem}.png'), ids)
+                imaging.write_image(os.path.join(args.out, 'segmentation_color', f'{stem}.png'),
+                                    imaging.colorize(ids, pal))
+        except (OSError, ValueError) as exc:  # a full disk: the pairs written so far stay
+            print(f'ssvif-fuse: error: cannot write the outputs of pair {stem} to {args.out}: '
+                  f'{getattr(exc, "strerror", None) or exc}', file=sys.stderr)
+            return 2
     report = {'backend': backend.describe(), 'pairs': len(pairs),
               'written': len(pairs) - len(failed), 'failed': failed,
               'visible_without_thermal': vi_only, 'thermal_without_visible': ir_only,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
+import functools
 import math
 import os
 import sys
@@ -53,6 +54,13 @@ STREAM_NAMES = ('rgb', 'thermal')
 MODEL_FREE_BACKENDS = ('identity', 'maxluma')
 IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 WARN_THROTTLE_SEC = 5.0
+# Largest output_size in pixels (8K UHD): the worker holds about 60 bytes per output pixel
+# (float32 RGB and thermal, padded copies, fused, ids, uint8 encodings), 2 GB at this size.
+MAX_OUTPUT_PIXELS = 7680 * 4320
+# Frame size assumed when checking thermal_homography before any frame has arrived.
+REFERENCE_SIZE = (640, 512)
+# Drop counters that mean a pair failed inside the node (not bad input): /diagnostics ERROR.
+ERROR_DROPS = ('inference_error', 'worker_error', 'publish_error')
 # Worker stages timed per pair and reported in /diagnostics as <stage>_ms_p50 / _p99: waiting
 # in the mailbox (pair formed -> worker takes it), decode+register, inference, encode+publish,
 # and processing = decode + inference + publish.
@@ -62,6 +70,10 @@ _SCALE = imaging.ThermalNorm('scale')
 
 class StartupError(RuntimeError):
     """The node cannot start (bad parameter, missing model, backend unavailable)."""
+
+
+class WorkerDied(RuntimeError):
+    """The inference worker thread ended; the node exits 1 so a supervisor restarts it."""
 
 
 class FrameError(ValueError):
@@ -112,12 +124,16 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec('thermal_p_hi', 99.0, 'Upper percentile (thermal_norm percentile/auto) [%]',
               0.0, 100.0),
     ParamSpec('thermal_homography', list(IDENTITY_HOMOGRAPHY),
-              'Thermal-to-RGB pixel homography, 9 numbers row-major; the thermal frame is '
-              'warped into the RGB frame', constraints='9 finite numbers, invertible'),
+              'Thermal-to-RGB pixel homography, 9 numbers row-major, any scale; the thermal '
+              'frame is warped into the RGB frame',
+              constraints='9 finite numbers, invertible, the RGB frame corners must map to '
+              'finite points within one frame size of the thermal frame'),
     ParamSpec('size_mismatch', 'resize', 'Thermal and RGB sizes differ (identity homography): '
               'resize the thermal frame or reject the pair', constraints='resize or reject'),
     ParamSpec('output_size', 'input', "Processing/output size: 'input' (the RGB size) or "
-              "'WxH', e.g. '640x480'", constraints="'input' or 'WxH'"),
+              "'WxH', e.g. '640x480'",
+              constraints=f"'input' or 'WxH', at most 16384 a side and {MAX_OUTPUT_PIXELS} "
+              'pixels'),
     ParamSpec('overlay_alpha', 0.0, 'Blend of the class colours over the fused image in '
               'fused/segmentation_color (0 = palette only)', 0.0, 1.0),
     ParamSpec('publish_color', True, 'Publish fused/segmentation_color'),
@@ -173,13 +189,67 @@ def parse_output_size(text: str) -> Optional[Tuple[int, int]]:
     if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
         w, h = int(parts[0]), int(parts[1])
         if 1 <= w <= 16384 and 1 <= h <= 16384:
+            if w * h > MAX_OUTPUT_PIXELS:
+                raise ValueError(f'parameter output_size: {w}x{h} is {w * h} pixels, more than '
+                                 f'the limit of {MAX_OUTPUT_PIXELS} (7680x4320): fusing it '
+                                 'would need about 60 bytes per pixel')
             return w, h
     raise ValueError(f"parameter output_size: {text!r} is not 'input' or 'WxH' "
                      '(1..16384 each, e.g. 640x480)')
 
 
-def make_config(values: Dict[str, Any]) -> FusionConfig:
-    """Validate a full set of parameter values; raise ValueError naming the parameter at fault."""
+def normalize_homography(values: Sequence[float]) -> Tuple[float, ...]:
+    """Scale a homography to h33 = 1 (or unit norm when h33 is ~0); a homography has no scale.
+
+    Raises ValueError naming the parameter when it is not 9 finite numbers or singular.
+    """
+    hom = tuple(float(v) for v in values)
+    if len(hom) != 9 or not all(math.isfinite(v) for v in hom):
+        raise ValueError('parameter thermal_homography: needs 9 finite numbers (row-major 3x3), '
+                         f'got {list(hom)}')
+    m = np.asarray(hom, np.float64).reshape(3, 3)
+    norm = float(np.linalg.norm(m))
+    if norm == 0.0 or abs(np.linalg.det(m / norm)) < 1e-12:
+        raise ValueError(f'parameter thermal_homography: matrix {list(hom)} is singular')
+    m = m / m[2, 2] if abs(m[2, 2]) > 1e-9 * norm else m / norm
+    return tuple(float(v) for v in m.reshape(9))
+
+
+def check_homography(hom: Sequence[float], rgb_size: Tuple[int, int],
+                     thermal_size: Tuple[int, int]) -> None:
+    """Raise ValueError unless every RGB frame corner comes from a sane thermal point.
+
+    The warp samples the thermal frame at H^-1 (corner): that point must be finite (the line at
+    infinity must not cross the RGB frame) and within one frame size of the thermal frame.
+    """
+    w, h = rgb_size
+    tw, th = thermal_size
+    inv = np.linalg.inv(np.asarray(hom, np.float64).reshape(3, 3))
+    corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64).T
+    src = inv @ corners  # 3 x 4
+    z = src[2]
+    scale = np.abs(src).max(axis=0)
+    if not (np.all(z * np.sign(z[0]) > 1e-9 * scale)):
+        raise ValueError(f'parameter thermal_homography: {list(hom)} sends part of the '
+                         f'{w}x{h} RGB frame to infinity (its corners have no finite thermal '
+                         'point)')
+    xy = src[:2] / z
+    if (xy[0].min() < -tw or xy[0].max() > 2 * tw or xy[1].min() < -th or xy[1].max() > 2 * th):
+        pts = ', '.join(f'({x:.0f}, {y:.0f})' for x, y in xy.T)
+        raise ValueError(f'parameter thermal_homography: {list(hom)} maps the corners of the '
+                         f'{w}x{h} RGB frame to thermal points {pts}, more than one frame size '
+                         f'outside the {tw}x{th} thermal frame')
+
+
+FrameSizes = Tuple[Tuple[int, int], Tuple[int, int]]
+
+
+def make_config(values: Dict[str, Any],
+                frame_sizes: FrameSizes = (REFERENCE_SIZE, REFERENCE_SIZE)) -> FusionConfig:
+    """Validate a full set of parameter values; raise ValueError naming the parameter at fault.
+
+    ``frame_sizes``: (RGB, thermal) sizes (w, h) the homography is checked against.
+    """
     specs = {p.name: p for p in PARAMETERS}
     for name, spec in specs.items():
         if spec.lo is not None:
@@ -197,18 +267,16 @@ def make_config(values: Dict[str, Any]) -> FusionConfig:
                                    float(values['thermal_p_hi']))
     except ValueError as exc:
         raise ValueError(f'parameters thermal_*: {exc}') from None
-    hom = tuple(float(v) for v in values['thermal_homography'])
-    if len(hom) != 9 or not all(math.isfinite(v) for v in hom):
-        raise ValueError('parameter thermal_homography: needs 9 finite numbers (row-major 3x3), '
-                         f'got {list(hom)}')
-    if abs(np.linalg.det(np.asarray(hom).reshape(3, 3))) < 1e-12:
-        raise ValueError(f'parameter thermal_homography: matrix {list(hom)} is singular')
+    hom = normalize_homography(values['thermal_homography'])
+    identity = bool(np.allclose(hom, IDENTITY_HOMOGRAPHY))
+    if not identity:
+        check_homography(hom, *frame_sizes)
     return FusionConfig(
         model=str(values['model']), backend=backend, device=str(values['device']),
         threads=int(values['threads']), slop=float(values['slop']),
         queue_size=int(values['queue_size']), reset_after=float(values['reset_after']),
         qos_reliability=reliability, qos_depth=int(values['qos_depth']), thermal_norm=norm,
-        homography=hom, homography_identity=bool(np.allclose(hom, IDENTITY_HOMOGRAPHY)),
+        homography=hom, homography_identity=identity,
         size_mismatch=size_mismatch, output_size=parse_output_size(values['output_size']),
         overlay_alpha=float(values['overlay_alpha']), publish_color=bool(values['publish_color']),
         publish_camera_info=bool(values['publish_camera_info']))
@@ -264,6 +332,10 @@ def prepare_pair(rgb_msg, thermal_msg, cfg: FusionConfig) -> Tuple[np.ndarray, n
         raise FrameError('thermal.bad_values', f'thermal frame: {exc}') from None
     h, w = vis.shape[:2]
     if not cfg.homography_identity:
+        try:
+            _check_homography_cached(cfg.homography, (w, h), (t.shape[1], t.shape[0]))
+        except ValueError as exc:
+            raise FrameError('bad_homography', str(exc)) from None
         t = imaging.warp_homography(t, cfg.homography, (w, h))  # H x W
     elif t.shape != (h, w):
         if cfg.size_mismatch == 'reject':
@@ -278,6 +350,11 @@ def prepare_pair(rgb_msg, thermal_msg, cfg: FusionConfig) -> Tuple[np.ndarray, n
         return imaging.preprocess_pair(vis, t, _SCALE)
     except ValueError as exc:
         raise FrameError('bad_pair', str(exc)) from None
+
+
+@functools.lru_cache(maxsize=16)
+def _check_homography_cached(hom, rgb_size, thermal_size) -> None:
+    check_homography(hom, rgb_size, thermal_size)
 
 
 class Mailbox:
@@ -374,6 +451,9 @@ class FusionNode(Node):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
         self._declare_parameters()
+        # Latest (w, h) seen per stream: what thermal_homography is checked against on set.
+        self._sizes = [REFERENCE_SIZE, REFERENCE_SIZE]
+        self._checked_sizes = tuple(self._sizes)
         try:
             self._config = make_config(self._param_values())
         except ValueError as exc:
@@ -385,6 +465,13 @@ class FusionNode(Node):
                                            device=cfg.device or None)
         except BackendError as exc:
             raise StartupError(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - a backend bug must not start a broken node
+            raise StartupError(f'backend {cfg.backend!r} failed to start with model {model}: '
+                               f'{type(exc).__name__}: {exc}') from None
+        self._last_error = ''
+        self._worker_death: Optional[BaseException] = None
+        self._closing = False
+        self._last_pairing_drops: Dict[str, int] = {}
         self._model_label = model or '(none)'
         self._palette = self._backend.palette
         self._stats = NodeStats()
@@ -423,7 +510,8 @@ class FusionNode(Node):
 
         self._last_diag = (time.monotonic(), self._stats.snapshot())
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
-        self._worker = threading.Thread(target=self._work, name='fusion_worker', daemon=True)
+        self._worker = threading.Thread(target=self._work_guarded, name='fusion_worker',
+                                        daemon=True)
         self._worker.start()
         self.get_logger().info(
             f'fusing {self.resolve_topic_name("rgb/image_raw")} + '
@@ -456,14 +544,16 @@ class FusionNode(Node):
         for p in params:
             if p.name in values:
                 values[p.name] = p.value
+        sizes = (self._sizes[RGB], self._sizes[THERMAL])
         try:
-            make_config(values)
+            make_config(values, sizes)
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
+        self._checked_sizes = sizes
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, params: List[Parameter]) -> None:
-        cfg = make_config(self._param_values())
+        cfg = make_config(self._param_values(), self._checked_sizes)
         self._pairer.configure(slop=cfg.slop, queue_size=cfg.queue_size,
                                reset_after=cfg.reset_after)
         self._config = cfg  # one reference swap: the worker reads a consistent config
@@ -490,6 +580,7 @@ class FusionNode(Node):
             self._drop(f'{name}.unsupported_encoding',
                        f'{name} encoding {msg.encoding!r} is not one of {", ".join(allowed)}')
             return
+        self._sizes[stream] = (int(msg.width), int(msg.height))
         pair = self._pairer.add(stream, _stamp_ns(msg), msg)
         if pair is not None:
             self._stats.count_pair()
@@ -500,6 +591,22 @@ class FusionNode(Node):
         self._camera_info = msg
 
     # -- worker ----------------------------------------------------------------------------
+
+    def _fail(self, reason: str, exc: BaseException) -> None:
+        """Count a pair that failed inside the node (an error, unlike bad input)."""
+        text = f'{type(exc).__name__}: {exc}' if str(exc) else type(exc).__name__
+        self._last_error = text
+        self._stats.drop(reason)
+        self.get_logger().error(f'pair failed ({reason}): {text}',
+                                throttle_duration_sec=WARN_THROTTLE_SEC)
+
+    def _work_guarded(self) -> None:
+        """The worker thread: :meth:`_work`, and a record of what ended it if not a shutdown."""
+        try:
+            self._work()
+        except BaseException as exc:  # noqa: BLE001 - reported by the diagnostics timer
+            self._worker_death = exc
+            self.get_logger().error(f'inference worker died: {type(exc).__name__}: {exc}')
 
     def _work(self) -> None:
         while True:
@@ -515,11 +622,14 @@ class FusionNode(Node):
             except FrameError as exc:
                 self._drop(exc.reason, str(exc))
                 continue
+            except Exception as exc:  # noqa: BLE001 - e.g. MemoryError: skip the pair, go on
+                self._fail('worker_error', exc)
+                continue
             t1 = time.perf_counter()
             try:
                 fused, ids = self._backend.infer(vis, ir)  # H x W x 3 float32, H x W uint8
             except Exception as exc:  # noqa: BLE001 - keep running, count and report
-                self._drop('inference_error', f'{type(exc).__name__}: {exc}')
+                self._fail('inference_error', exc)
                 continue
             t2 = time.perf_counter()
             try:
@@ -527,7 +637,7 @@ class FusionNode(Node):
             except Exception as exc:  # noqa: BLE001 - e.g. context shut down during SIGINT
                 if not rclpy.ok(context=self.context):
                     return
-                self._drop('publish_error', f'{type(exc).__name__}: {exc}')
+                self._fail('publish_error', exc)
                 continue
             t3 = time.perf_counter()
             self._stats.done(queue=(t0 - t_formed) * 1e3, decode=(t1 - t0) * 1e3,
@@ -562,6 +672,15 @@ class FusionNode(Node):
         drops = dict(snap['drops'])
         for key, n in pstats['drops'].items():
             drops[f'pairing.{key}'] = n
+        new_pairing = {k: n - self._last_pairing_drops.get(k, 0)
+                       for k, n in pstats['drops'].items()
+                       if n > self._last_pairing_drops.get(k, 0)}
+        self._last_pairing_drops = dict(pstats['drops'])
+        if new_pairing:
+            self.get_logger().warning(
+                f'pairing dropped {sum(new_pairing.values())} frames in the last {dt:.1f} s ('
+                + ', '.join(f'pairing.{k}: {v}' for k, v in sorted(new_pairing.items())) + ')',
+                throttle_duration_sec=WARN_THROTTLE_SEC)
         rates = {
             'rgb_rate_hz': (snap['inputs'][RGB] - prev['inputs'][RGB]) / dt,
             'thermal_rate_hz': (snap['inputs'][THERMAL] - prev['inputs'][THERMAL]) / dt,
@@ -570,7 +689,17 @@ class FusionNode(Node):
         }
         bad_now = sum(n - prev['drops'].get(r, 0) for r, n in snap['drops'].items()
                       if r != 'inference_busy')
-        if rates['rgb_rate_hz'] == 0.0 and rates['thermal_rate_hz'] == 0.0:
+        errors_now = sum(snap['drops'].get(r, 0) - prev['drops'].get(r, 0) for r in ERROR_DROPS)
+        dead = self._worker_death is not None or not (self._worker.is_alive() or self._closing)
+        if dead:
+            why = self._worker_death
+            level = DiagnosticStatus.ERROR
+            message = ('inference worker died: '
+                       + (f'{type(why).__name__}: {why}' if why is not None else 'thread ended'))
+        elif errors_now:
+            level = DiagnosticStatus.ERROR
+            message = f'{errors_now} pairs failed in the last period ({self._last_error})'
+        elif rates['rgb_rate_hz'] == 0.0 and rates['thermal_rate_hz'] == 0.0:
             level, message = DiagnosticStatus.WARN, 'no input images'
         elif rates['published_rate_hz'] == 0.0:
             level, message = DiagnosticStatus.WARN, 'input arrives but no pair was fused'
@@ -599,11 +728,16 @@ class FusionNode(Node):
         arr = DiagnosticArray(status=[status])
         arr.header.stamp = self.get_clock().now().to_msg()
         self._pub_diag.publish(arr)
+        if dead:
+            # Leave spin with an error: the process exits 1 and a supervisor (launch respawn,
+            # systemd) restarts it, instead of a node that answers but never fuses again.
+            raise WorkerDied(message)
 
     # -- shutdown --------------------------------------------------------------------------
 
     def close(self, timeout: float = 1.5) -> None:
         """Stop the worker (waits up to ``timeout`` s for the pair in flight) and destroy."""
+        self._closing = True
         self._mailbox.close()
         if self._worker.is_alive() and self._worker is not threading.current_thread():
             self._worker.join(timeout)
@@ -645,6 +779,9 @@ def main(args=None) -> int:
         pass
     except StartupError as exc:
         rclpy.logging.get_logger(NODE_NAME).error(f'cannot start: {exc}')
+        code = 1
+    except WorkerDied as exc:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f'exiting: {exc}')
         code = 1
     finally:
         if node is not None:

@@ -1,4 +1,4 @@
-"""``ssvif-train CONFIG.yaml --data DIR --out RUNDIR [--resume] [--set key=value ...]``."""
+"""``ssvif-train [CONFIG.yaml] --data DIR --out RUN [--resume | --overwrite] [--set k=v ...]``."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--out', required=True, help='run folder: checkpoints, logs, TensorBoard')
     p.add_argument('--resume', action='store_true',
                    help='continue the run in --out from its last.pt exactly')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace the run already in --out (its checkpoints, logs and tb/)')
     p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
                    help='override a config value, e.g. --set train.epochs=20 (repeatable)')
     p.add_argument('-v', '--verbose', action='store_true', help='debug logging')
@@ -62,7 +64,8 @@ def main(argv=None) -> int:
             n = write_label_previews([train, val], args.write_masks)
             print(f'ssvif-train: wrote {n} pixel labels to {args.write_masks}')
             return 0
-        trainer = Trainer(cfg, args.out, resume=args.resume, overrides=tuple(overrides))
+        trainer = Trainer(cfg, args.out, resume=args.resume, overrides=tuple(overrides),
+                          overwrite=args.overwrite)
         summary = trainer.run()
     except (ConfigError, DatasetError, TrainingError) as exc:
         print(f'ssvif-train: error: {exc}', file=sys.stderr)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 import torch.nn.functional as tf
 
-from ssvif_train.models.registry import model_from_record
+from ssvif_train.models.registry import record_to_model_checked, torch_load_checked
 from ssvif_train.models.segmentation import SegHead
 
 SEG_UPSAMPLE = ('bilinear', 'nearest')
@@ -84,20 +84,22 @@ def load_graph(path, seg_upsample: str = 'bilinear',
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path}')
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a damaged file fails in many ways
-        raise ValueError(f'cannot read checkpoint {path}: {exc}') from exc
-    if not isinstance(ckpt, dict) or 'fusion' not in ckpt:
+    ckpt = torch_load_checked(path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('fusion'), dict):
         raise ValueError(f'{path} is not an ssvif training checkpoint (no "fusion" entry)')
-    fusion = model_from_record(ckpt['fusion'])
+    fusion = record_to_model_checked(ckpt['fusion'], path)
     head = None
     num_classes = 1
     if ckpt.get('head'):
         h = ckpt['head']
-        head = SegHead(h['in_channels'], h['num_classes'], h['hidden'],
-                       h.get('padding_mode', 'zeros'))
-        head.load_state_dict(h['state_dict'])
+        try:
+            head = SegHead(h['in_channels'], h['num_classes'], h['hidden'],
+                           h.get('padding_mode', 'zeros'))
+            head.load_state_dict(h['state_dict'])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f'checkpoint {path}: its segmentation head does not rebuild: '
+                             f'{first}') from None
         num_classes = h['num_classes']
     graph = FusionSegGraph(fusion, head, num_classes, seg_upsample, with_logits).eval()
     info = {'config': ckpt.get('config', {}), 'config_digest': ckpt.get('config_digest', ''),

@@ -36,15 +36,21 @@ def _export_onnx(graph, path: str, opset: int, probe_hw) -> None:
         dyn['logits'] = {0: 'N', 2: 'h', 3: 'w'}
     tmp = path + '.tmp'
     import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        torch.onnx.export(graph, (vis, ir), tmp, input_names=INPUT_NAMES,
-                          output_names=outputs, dynamic_axes=dyn, opset_version=opset,
-                          do_constant_folding=True, dynamo=False)
-    import onnx
-    model = onnx.load(tmp)
-    onnx.checker.check_model(model, full_check=True)
-    os.replace(tmp, path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            torch.onnx.export(graph, (vis, ir), tmp, input_names=INPUT_NAMES,
+                              output_names=outputs, dynamic_axes=dyn, opset_version=opset,
+                              do_constant_folding=True, dynamo=False)
+        import onnx
+        model = onnx.load(tmp)
+        onnx.checker.check_model(model, full_check=True)
+        os.replace(tmp, path)
+    except OSError as exc:  # a full disk: name the file being written
+        raise OSError(exc.errno, exc.strerror, path) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def parity(graph, onnx_path: str, vis: np.ndarray, ir: np.ndarray) -> dict:
@@ -167,11 +173,20 @@ def main(argv=None) -> int:
     ap.add_argument('--max-size', default='1920x1088',
                     help='largest WxH of the TensorRT optimization profile')
     args = ap.parse_args(argv)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        print(f'ssvif-export: error: --out {args.out} is an existing file, not a folder',
+              file=sys.stderr)
+        return 2
     try:
         card = export(args.checkpoint, args.out, args.opset, args.seg_upsample, args.logits,
                       copy_checkpoint=args.copy_checkpoint)
     except (FileNotFoundError, ValueError) as exc:
         print(f'ssvif-export: error: {exc}', file=sys.stderr)
+        return 2
+    except OSError as exc:  # an unwritable --out, a full disk
+        where = exc.filename or args.out
+        print(f'ssvif-export: error: cannot write {where}: {exc.strerror or exc}',
+              file=sys.stderr)
         return 2
     par = card['parity']
     print(f'ssvif-export: wrote {args.out}/model.onnx and model.json '

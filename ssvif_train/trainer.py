@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
+import io
 import json
 import logging
 import math
@@ -44,7 +46,8 @@ from ssvif_ros import imaging, labels, metrics
 from ssvif_train import losses
 from ssvif_train.config import Config, config_from_dict
 from ssvif_train.data import build_datasets
-from ssvif_train.models.registry import atomic_torch_save, create_model, model_record
+from ssvif_train.models.registry import (atomic_torch_save, create_model, model_record,
+                                         torch_load_checked)
 from ssvif_train.models.segmentation import SegFormerSeg, SegHead
 from ssvif_train.weighting import create_weighting
 
@@ -57,6 +60,13 @@ STEP_FIELDS = ['global_step', 'epoch', 'stage', 'loss_total', 'loss_fusion', 'in
                'g_a', 'g_b', 'r_a', 'r_b', 'alpha_cf', 'cos_phi', 'lr']
 EPOCH_FIELDS = ['epoch', 'stage', 'train_fusion', 'train_csc', 'val_fusion', 'omega_csc',
                 'g_a', 'g_b', 'r_a', 'r_b', 'alpha_cf', 'cos_phi', 'seconds']
+
+
+# What a run folder holds; any of these means the folder holds a run (refused without --resume or
+# --overwrite, and removed by --overwrite). Nothing else in the folder is touched.
+RUN_FILES = ('last.pt', 'best.pt', 'steps.csv', 'epochs.csv', 'config.json', 'dataset.txt',
+             'ranks.json')
+RUN_DIRS = ('tb',)
 
 
 class TrainingError(RuntimeError):
@@ -127,18 +137,17 @@ class Trainer:
     """Runs one training job into ``out_dir``; see the module docstring."""
 
     def __init__(self, cfg: Config, out_dir: str, resume: bool = False,
-                 overrides: tuple = ()):
+                 overrides: tuple = (), overwrite: bool = False):
         self.out_dir = out_dir
         self.rank, self.world = 0, 1
         self.distributed = 'WORLD_SIZE' in os.environ and int(os.environ['WORLD_SIZE']) > 1
         ckpt = None
-        last = os.path.join(out_dir, 'last.pt')
+        # The global rank is known from the environment before the process group exists: only
+        # rank 0 prepares the folder, the others would see rank 0's first files as a 'run'.
+        if int(os.environ.get('RANK', 0)) == 0:
+            prepare_run_dir(out_dir, resume, overwrite)
         if resume:
-            if not os.path.isfile(last):
-                raise TrainingError(f'--resume: no checkpoint at {last}')
-            ckpt = torch.load(last, map_location='cpu', weights_only=True)
-            if ckpt.get('format') != CHECKPOINT_FORMAT:
-                raise TrainingError(f'{last} is not a training checkpoint of this version')
+            ckpt = read_checkpoint(os.path.join(out_dir, 'last.pt'))
             # The saved configuration wins; only command-line overrides apply on top.
             cfg = config_from_dict(ckpt['config'], overrides)
         self.cfg = cfg
@@ -179,19 +188,29 @@ class Trainer:
         self.stage1_epochs = 0
         self.stage1_means: List[float] = []
         self.best_val = math.inf
+        self.best_epoch = 0
         self.bad_epochs = 0
         self.global_step = 0
         self.history: List[Dict] = []
         if ckpt is not None:
-            self._restore(ckpt)
+            try:
+                self._restore(ckpt)
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                raise TrainingError(f'--resume: {os.path.join(out_dir, "last.pt")} does not fit '
+                                    f'this configuration: {_first_line(exc)}') from None
+            if self.rank == 0:
+                self._repair_best()
         self.writer = None
         if self.rank == 0:
-            os.makedirs(out_dir, exist_ok=True)
-            with open(os.path.join(out_dir, 'config.json'), 'w', encoding='utf-8') as f:
-                json.dump(cfg.to_dict(), f, indent=2)
-            with open(os.path.join(out_dir, 'dataset.txt'), 'w', encoding='utf-8') as f:
-                f.write(self.report.summary() + '\n')
-                f.write(f'train {len(self.train_ds)} val {len(self.val_ds)}\n')
+            try:
+                with open(os.path.join(out_dir, 'config.json'), 'w', encoding='utf-8') as f:
+                    json.dump(cfg.to_dict(), f, indent=2)
+                with open(os.path.join(out_dir, 'dataset.txt'), 'w', encoding='utf-8') as f:
+                    f.write(self.report.summary() + '\n')
+                    f.write(f'train {len(self.train_ds)} val {len(self.val_ds)}\n')
+            except OSError as exc:
+                raise TrainingError(f'cannot write to run folder {out_dir}: '
+                                    f'{exc.strerror or exc}') from None
 
     # ------------------------------------------------------------------ setup
     def _init_distributed(self):
@@ -233,6 +252,7 @@ class Trainer:
         self.stage1_epochs = st['stage1_epochs']
         self.stage1_means = list(st['stage1_means'])
         self.best_val = st['best_val']
+        self.best_epoch = st.get('best_epoch', 0)
         self.bad_epochs = st['bad_epochs']
         self.global_step = st['global_step']
         self.history = list(ckpt.get('history', []))
@@ -533,11 +553,17 @@ class Trainer:
         if self.semantic:
             erow['train_sup'] = means.get('loss_sup', math.nan)
         self.history.append(erow)
-        self._log_epoch(erow)
+        if improved:
+            self.best_epoch = self.epoch
+        # last.pt first (it records best_epoch), then best.pt as a copy of it, then the epoch row:
+        # a kill at any point leaves last.pt either before or after this epoch, and resume
+        # repairs best.pt and rewrites both CSVs from last.pt (see _repair_best, _open_logs).
         if self.rank == 0:
-            self.save(os.path.join(self.out_dir, 'last.pt'))
+            last = os.path.join(self.out_dir, 'last.pt')
+            self.save(last)
             if improved:
-                self.save(os.path.join(self.out_dir, 'best.pt'))
+                copy_atomic(last, os.path.join(self.out_dir, 'best.pt'))
+        self._log_epoch(erow)
         log.info('epoch %d stage %d: train L_fusion %.4f val %.4f omega %.4f; %s %.4f%s',
                  self.epoch, stage_done, means['loss_fusion'], erow['val_fusion'],
                  erow['omega_csc'], name, abs(value), ' (best)' if improved else '')
@@ -595,21 +621,49 @@ class Trainer:
             'scaler': self.scaler.state_dict() if self.use_amp else None,
             'state': {'epoch': self.epoch, 'stage': self.stage,
                       'stage1_epochs': self.stage1_epochs, 'stage1_means': self.stage1_means,
-                      'best_val': self.best_val, 'bad_epochs': self.bad_epochs,
-                      'global_step': self.global_step},
+                      'best_val': self.best_val, 'best_epoch': self.best_epoch,
+                      'bad_epochs': self.bad_epochs, 'global_step': self.global_step},
             'history': self.history,
             'rng': {'torch': torch.get_rng_state(), 'cuda': cuda_rng},
         }
 
     def save(self, path: str) -> None:
-        """Write the checkpoint atomically."""
-        atomic_torch_save(self.checkpoint(), path)
+        """Write the checkpoint atomically; TrainingError (one line) when the write fails."""
+        try:
+            atomic_torch_save(self.checkpoint(), path)
+        except OSError as exc:
+            raise TrainingError(f'cannot write checkpoint {path}: {exc.strerror or exc} (the '
+                                'previous one, if any, is unchanged)') from None
+
+    def _repair_best(self):
+        """Make best.pt the checkpoint of ``best_epoch`` after a kill between the two saves.
+
+        best.pt is a copy of last.pt written right after it, so it can only be stale when the
+        best epoch is the last completed one.
+        """
+        if not self.best_epoch or self.best_epoch != self.epoch:
+            return
+        last = os.path.join(self.out_dir, 'last.pt')
+        best = os.path.join(self.out_dir, 'best.pt')
+        try:
+            ok = _checkpoint_epoch(best) == self.best_epoch
+        except Exception:  # noqa: BLE001 - missing or damaged: rewrite it
+            ok = False
+        if not ok:
+            log.info('best.pt is not the checkpoint of the best epoch %d; restoring it from '
+                     'last.pt', self.best_epoch)
+            copy_atomic(last, best)
 
     # ------------------------------------------------------------------ logs
     def _open_logs(self):
         if self.rank != 0:
             return
         from torch.utils.tensorboard import SummaryWriter
+        if self.global_step:
+            # Resume: the logs may run past last.pt (steps of the killed epoch, or its epoch row
+            # when the kill hit after the save); cut them back to exactly what last.pt holds.
+            self._cut_step_log()
+            self._rewrite_epoch_log()
         self.writer = SummaryWriter(os.path.join(self.out_dir, 'tb'), purge_step=self.global_step
                                     if self.global_step else None)
         self._step_csv = self._csv('steps.csv', STEP_FIELDS)
@@ -618,6 +672,31 @@ class Trainer:
     def _csv(self, name, fields):
         path = os.path.join(self.out_dir, name)
         return open(path, 'a' if self.global_step else 'w', newline='', encoding='utf-8')
+
+    def _cut_step_log(self):
+        """Keep the rows of steps.csv up to the checkpoint's global step (and no torn line)."""
+        path = os.path.join(self.out_dir, 'steps.csv')
+        if not os.path.isfile(path):
+            return
+        with open(path, newline='', encoding='utf-8') as f:
+            lines = f.readlines()
+        keep = lines[:1]
+        for line in lines[1:]:
+            head = line.split(',', 1)[0]
+            if line.endswith('\n') and head.isdigit() and int(head) <= self.global_step:
+                keep.append(line)
+        _write_atomic(path, ''.join(keep))
+
+    def _rewrite_epoch_log(self):
+        """epochs.csv = the checkpoint's history, one row per completed epoch."""
+        buf = io.StringIO(newline='')
+        if self.history:
+            # The same header _log_epoch writes: the first row's keys.
+            fields = EPOCH_FIELDS + sorted(k for k in self.history[0] if k not in EPOCH_FIELDS)
+            w = csv.DictWriter(buf, fields, extrasaction='ignore')
+            w.writeheader()
+            w.writerows(self.history)
+        _write_atomic(os.path.join(self.out_dir, 'epochs.csv'), buf.getvalue())
 
     def _log_step(self, row):
         if self.rank != 0:
@@ -655,3 +734,102 @@ class Trainer:
             self._step_csv.close()
             self._epoch_csv.close()
             self.writer = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folder and checkpoint files
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def prepare_run_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
+    """Create ``out_dir``, refuse one holding a run (unless resume/overwrite), clean temp files.
+
+    ``overwrite`` removes the files of the earlier run (:data:`RUN_FILES`, ``tb/``) and nothing
+    else. Raises TrainingError naming the folder and the reason.
+    """
+    if resume and overwrite:
+        raise TrainingError('--resume and --overwrite exclude each other')
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise TrainingError(f'--out {out_dir} is an existing file, not a folder')
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise TrainingError(f'cannot create run folder {out_dir}: {exc.strerror or exc}') from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise TrainingError(f'run folder {out_dir} is not writable')
+    # Temporary files of saves that a kill interrupted (one per kill, as large as a checkpoint).
+    for name in RUN_FILES:
+        for tmp in glob.glob(os.path.join(glob.escape(out_dir), f'.{name}.tmp*')):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+    held = [n for n in RUN_FILES + RUN_DIRS if os.path.exists(os.path.join(out_dir, n))]
+    if resume:
+        last = os.path.join(out_dir, 'last.pt')
+        if not os.path.isfile(last):
+            why = (' (the run stopped before its first epoch ended; start it again with '
+                   '--overwrite)' if held else '')
+            raise TrainingError(f'--resume: no checkpoint at {last}{why}')
+        return
+    if not held:
+        return
+    if not overwrite:
+        raise TrainingError(f'run folder {out_dir} already holds a run ({", ".join(held)}); '
+                            'continue it with --resume, replace it with --overwrite, or use '
+                            'another --out')
+    import shutil
+    for name in held:
+        path = os.path.join(out_dir, name)
+        try:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+        except OSError as exc:
+            raise TrainingError(f'--overwrite: cannot remove {path}: '
+                                f'{exc.strerror or exc}') from None
+
+
+def read_checkpoint(path: str) -> dict:
+    """Load a training checkpoint for --resume; TrainingError naming the file and the reason."""
+    best = os.path.join(os.path.dirname(path), 'best.pt')
+    hint = (f'; {best} may still be intact: copy it to {path} to resume from the best epoch'
+            if os.path.isfile(best) else '')
+    try:
+        ckpt = torch_load_checked(path)
+    except ValueError as exc:
+        raise TrainingError(f'--resume: {exc}{hint}') from None
+    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
+        raise TrainingError(f'--resume: {path} is not a training checkpoint of this version')
+    return ckpt
+
+
+def _checkpoint_epoch(path: str):
+    ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    return ckpt['state']['epoch']
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = os.path.join(os.path.dirname(path) or '.', f'.{os.path.basename(path)}.tmp{os.getpid()}')
+    with open(tmp, 'w', newline='', encoding='utf-8') as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def copy_atomic(src: str, dst: str) -> None:
+    """Copy ``src`` to ``dst`` via a temp file and rename; TrainingError when the write fails."""
+    tmp = os.path.join(os.path.dirname(dst) or '.', f'.{os.path.basename(dst)}.tmp{os.getpid()}')
+    try:
+        with open(src, 'rb') as fi, open(tmp, 'wb') as fo:
+            for chunk in iter(lambda: fi.read(1 << 20), b''):
+                fo.write(chunk)
+        os.replace(tmp, dst)
+    except OSError as exc:
+        raise TrainingError(f'cannot write checkpoint {dst}: {exc.strerror or exc}') from None
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)

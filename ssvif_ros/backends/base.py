@@ -96,14 +96,29 @@ def create_backend(name: str, model: Optional[str] = None, threads: int = 2,
     if threads < 1:
         raise BackendError(f'threads must be >= 1, got {threads}')
     try:
-        return BACKENDS[name](model, threads, device)
+        backend = BACKENDS[name](model, threads, device)
+        if isinstance(backend, GraphBackend):
+            backend.warm_up()
+        return backend
     except BackendError:
         raise
     except ModuleNotFoundError as exc:
         raise BackendError(f'backend {name!r} needs the Python module {exc.name!r}, '
                            'which is not installed') from exc
-    except (FileNotFoundError, ValueError) as exc:
-        raise BackendError(f'backend {name!r} cannot load model {model!r}: {exc}') from exc
+    except Exception as exc:  # noqa: BLE001 - any failure here is a model/device that won't run
+        raise BackendError(f'backend {name!r} cannot load model {model or "(default)"}: '
+                           f'{error_reason(exc)}') from exc
+
+
+def error_reason(exc: BaseException) -> str:
+    """The first line of an exception's message (KeyError unquoted; the type when empty)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+# Warm-up pair size: odd and not a multiple of anything, so a wrong pad_multiple shows at start.
+WARM_UP_HW = (37, 53)
 
 
 class GraphBackend(Backend):
@@ -131,6 +146,31 @@ class GraphBackend(Backend):
     def run(self, vis: np.ndarray, ir: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """1 x 3 x H x W float32 inputs -> (fused 1 x 3 x H x W, class ids 1 x H x W)."""
         raise NotImplementedError
+
+    def warm_up(self) -> None:
+        """Run one inference on a small pair and check the outputs; ValueError saying why.
+
+        A model that cannot run (wrong pad multiple, wrong graph) is then a start-up error
+        rather than a failure on every frame.
+        """
+        h, w = WARM_UP_HW
+        rng = np.random.default_rng(0)
+        vis = rng.random((h, w, 3), dtype=np.float32)
+        ir = np.repeat(rng.random((h, w, 1), dtype=np.float32), 3, axis=2)
+        try:
+            fused, ids = self.infer(vis, ir)
+        except Exception as exc:  # noqa: BLE001 - ORT, torch and TensorRT errors alike
+            raise ValueError(f'warm-up inference on a {w}x{h} pair failed (pad_multiple '
+                             f'{self.pad_multiple}): {error_reason(exc)}') from None
+        if fused.shape != (h, w, 3) or ids.shape != (h, w):
+            raise ValueError(f'warm-up inference on a {w}x{h} pair returned fused '
+                             f'{tuple(fused.shape)} and class ids {tuple(ids.shape)}, expected '
+                             f'{(h, w, 3)} and {(h, w)}')
+        if not np.isfinite(fused).all():
+            raise ValueError('warm-up inference returned NaN or Inf in the fused image')
+        if ids.size and int(ids.max()) >= self.num_classes:
+            raise ValueError(f'warm-up inference returned class id {int(ids.max())}, but the '
+                             f'model card has {self.num_classes} classes')
 
     def infer(self, vis, ir):
         """Pad, run the graph, crop: float H x W x 3 pair -> (fused float, ids uint8)."""
@@ -181,4 +221,41 @@ def _read_card(path: str) -> Dict:
         raise ValueError(f'cannot read model card {path}: {exc}') from exc
     if not isinstance(card, dict):
         raise ValueError(f'model card {path} is not a JSON object')
+    validate_card(card, path)
     return card
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_card(card: Dict, path: str) -> None:
+    """Check the types and ranges of the card fields the backends use; ValueError naming them."""
+    def bad(field, why):
+        raise ValueError(f'model card {path}: {field} {why}, got {card.get(field)!r}')
+    if 'pad_multiple' in card:
+        m = card['pad_multiple']
+        if not _is_int(m) or not 1 <= m <= 1024:
+            bad('pad_multiple', 'must be an integer in 1..1024')
+    n = card.get('num_classes', 1)
+    if not _is_int(n) or not 1 <= n <= 256:
+        bad('num_classes', 'must be an integer in 1..256 (class ids are uint8)')
+    names = card.get('class_names')
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
+            bad('class_names', 'must be a list of strings')
+        if len(names) != n:
+            bad('class_names', f'must have num_classes ({n}) entries')
+    pal = card.get('palette')
+    if pal is not None:
+        ok = (isinstance(pal, list) and len(pal) == n and all(
+            isinstance(c, list) and len(c) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in c)
+            for c in pal))
+        if not ok:
+            bad('palette', f'must be num_classes ({n}) [r, g, b] triples of integers 0..255')
+    for field in ('model', 'inputs', 'outputs'):
+        if field in card and not isinstance(card[field], dict):
+            bad(field, 'must be a JSON object')
+    for field in ('onnx', 'checkpoint_file'):
+        if field in card and not (isinstance(card[field], str) and card[field]):
+            bad(field, 'must be a file name')

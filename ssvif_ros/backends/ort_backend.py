@@ -41,11 +41,15 @@ class OrtBackend(GraphBackend):
         # Idle intra-op threads sleep instead of spinning: on a robot the node shares its cores
         # with camera drivers and DDS, which spinning threads would starve.
         so.add_session_config_entry('session.intra_op.allow_spinning', '0')
+        # ONNX Runtime's own log would print an ERROR line per failed frame, past the node's
+        # throttle; its errors arrive as exceptions, which the callers report.
+        so.log_severity_level = 4
         try:
             self.session = ort.InferenceSession(path, sess_options=so,
                                                 providers=[p for p in wanted if p in available])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise ValueError(f'ONNX Runtime cannot load {path}: {exc}') from exc
+        check_graph(self.session, path)
         self.path = path
         self.model_info['file'] = path
         self.model_info['providers'] = self.session.get_providers()
@@ -54,3 +58,30 @@ class OrtBackend(GraphBackend):
         """Run the session on 1 x 3 x H x W inputs."""
         fused, ids = self.session.run(['fused', 'class_ids'], {'vis': vis, 'ir': ir})
         return fused, ids
+
+
+# name -> (ONNX type, rank) of the graph interface (ssvif_train.deploy.FusionSegGraph).
+GRAPH_INPUTS = {'vis': ('tensor(float)', 4), 'ir': ('tensor(float)', 4)}
+GRAPH_OUTPUTS = {'fused': ('tensor(float)', 4), 'class_ids': ('tensor(uint8)', 3)}
+
+
+def check_graph(session, path: str) -> None:
+    """Check the session's inputs and outputs against the graph interface; ValueError if not."""
+    for kind, want, have in (('input', GRAPH_INPUTS, session.get_inputs()),
+                             ('output', GRAPH_OUTPUTS, session.get_outputs())):
+        have = {t.name: t for t in have}
+        for name, (typ, rank) in want.items():
+            if name not in have:
+                raise ValueError(f'{path} has no {kind} named {name!r} (its {kind}s: '
+                                 f'{", ".join(sorted(have)) or "none"}); expected '
+                                 f'{", ".join(want)}')
+            t = have[name]
+            if t.type != typ or len(t.shape) != rank:
+                raise ValueError(f'{path}: {kind} {name!r} is {t.type} of rank {len(t.shape)}, '
+                                 f'expected {typ} of rank {rank}')
+            if kind == 'input' and t.shape[1] not in (3, None) and not isinstance(t.shape[1],
+                                                                                  str):
+                raise ValueError(f'{path}: input {name!r} has {t.shape[1]} channels, expected 3')
+    extra = [t.name for t in session.get_inputs() if t.name not in GRAPH_INPUTS]
+    if extra:
+        raise ValueError(f'{path} needs inputs this node does not feed: {", ".join(extra)}')

@@ -64,34 +64,98 @@ def load_model(path, map_location='cpu'):
 
     Returns the fusion model in eval mode. Raises FileNotFoundError / ValueError naming the path.
     """
-    import torch
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path}')
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling/zip error is a corrupt file
-        raise ValueError(f'cannot read checkpoint {path}: {exc}') from exc
+    ckpt = torch_load_checked(path, map_location)
     rec = ckpt.get('fusion', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(rec, dict) or 'model_name' not in rec:
         raise ValueError(f'{path} is not an ssvif checkpoint (no model name/config inside)')
-    model = model_from_record(rec)
+    model = record_to_model_checked(rec, path)
     model.eval()
     return model
 
 
+def load_error_reason(exc: BaseException) -> str:
+    """One line saying why ``torch.load`` failed, without torch's advice to unpickle anyway."""
+    text = str(exc)
+    if 'Weights only load failed' in text or 'weights_only' in text:
+        return 'it holds objects other than tensors and plain data (refused, never unpickled)'
+    if 'central directory' in text or 'zip archive' in text:
+        return 'the file is truncated or damaged (not a complete zip archive)'
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def torch_load_checked(path, map_location='cpu'):
+    """``torch.load(weights_only=True)``; ValueError naming the file and the reason."""
+    import torch
+    path = os.fspath(path)
+    try:
+        if os.path.getsize(path) == 0:
+            raise ValueError(f'cannot read checkpoint {path}: the file is empty')
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except ValueError as exc:
+        if str(exc).startswith('cannot read checkpoint'):
+            raise
+        raise ValueError(f'cannot read checkpoint {path}: {load_error_reason(exc)}') from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling/zip/I/O error is a bad file
+        raise ValueError(f'cannot read checkpoint {path}: {load_error_reason(exc)}') from None
+
+
+def record_to_model_checked(record, path):
+    """:func:`model_from_record`; ValueError naming the file when the record does not fit."""
+    try:
+        return model_from_record(record)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        first = (text.strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f'checkpoint {path} does not rebuild its model: {first}') from None
+
+
+class _WriteErrorKeeper:
+    """A file wrapper that remembers the OSError of a failed write.
+
+    torch.save reports a full disk only as 'unexpected pos'; this keeps the system's reason.
+    """
+
+    def __init__(self, f):
+        self.f = f
+        self.error = None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self):
+        return self.f.flush()
+
+
 def atomic_torch_save(obj, path) -> None:
-    """``torch.save`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    """``torch.save`` to ``path`` via a temporary file in the same folder and ``os.replace``.
+
+    A failed write raises OSError with the system's reason; ``path`` is then unchanged.
+    """
     import torch
     path = os.fspath(path)
     d = os.path.dirname(path) or '.'
     os.makedirs(d, exist_ok=True)
     tmp = os.path.join(d, f'.{os.path.basename(path)}.tmp{os.getpid()}')
     try:
-        torch.save(obj, tmp)
+        with open(tmp, 'wb') as f:
+            keeper = _WriteErrorKeeper(f)
+            try:
+                torch.save(obj, keeper)
+            except RuntimeError:
+                if keeper.error is not None:
+                    raise keeper.error from None
+                raise
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
 
 

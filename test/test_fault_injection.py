@@ -1,0 +1,705 @@
+"""Fault injection: kills, bad files, bad models, bad parameters, against the real tools.
+
+Every case is a failure a hostile or unlucky user met (issue 10); each runs the real program
+(the trainer and CLIs as processes killed with SIGKILL, the node as a ROS 2 process, ONNX
+Runtime on real ONNX files) and checks the promised outcome: one line naming the file and the
+reason, the documented exit code, nothing already done lost.
+"""
+import csv
+import errno
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get('SSVIF_DATA', REPO.parent / 'shared' / 'data'))
+MSRS = DATA / 'msrs'
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    # The subprocesses import this checkout, whatever the environment installed.
+    env['PYTHONPATH'] = os.pathsep.join([str(REPO)] + [p for p in env.get('PYTHONPATH', '')
+                                                       .split(os.pathsep) if p])
+    env['PYTHONUNBUFFERED'] = '1'
+    env.update(extra)
+    return env
+
+
+def run_cli(module, *args, timeout=120, **kw):
+    """Run ``python -m module args``; return the CompletedProcess (text)."""
+    return subprocess.run([sys.executable, '-m', module, *map(str, args)], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def assert_one_line_error(res, code, *needles):
+    """Exit ``code``, no traceback, no torch advice, the last stderr line names ``needles``."""
+    err = res.stderr
+    assert res.returncode == code, (res.returncode, err[-2000:])
+    assert 'Traceback' not in err, err[-3000:]
+    assert 'weights_only=False' not in err, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    for n in needles:
+        assert str(n) in last, (n, last)
+    return last
+
+
+def read_rows(path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: kills, resume, run folders
+
+
+def need_msrs():
+    if not (MSRS / 'train' / 'vi').is_dir():
+        pytest.skip(f'MSRS sample data not found at {MSRS}')
+
+
+STEPS = 20
+TRAIN = ['--data', str(MSRS), '--set', 'model.name=rtfusion', '--set', 'train.csc=false',
+         '--set', 'data.max_pairs=24', '--set', 'data.crop=32', '--set', 'data.val_crop=32',
+         '--set', 'train.batch_size=1', '--set', f'train.steps_per_epoch={STEPS}',
+         '--set', 'train.epochs=4', '--set', 'train.lr=1e-3', '--set', 'train.progress=false',
+         '--set', 'train.threads=1', '--set', 'train.val_metrics=[]', '--set', 'train.patience=0']
+
+
+def start_train(out, *extra):
+    cmd = [sys.executable, '-m', 'ssvif_train.cli', *TRAIN, '--out', str(out), *extra]
+    return subprocess.Popen(cmd, cwd=REPO, env=_env(OMP_NUM_THREADS='1'),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(proc, predicate, what, timeout=90.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f'training ended (rc {proc.returncode}) before {what}:\n'
+                                 + proc.stdout.read()[-3000:])
+        time.sleep(0.002)
+    proc.kill()
+    raise AssertionError(f'timed out waiting for {what}')
+
+
+def kill9(proc):
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def step_rows(out):
+    try:
+        with open(out / 'steps.csv', newline='') as f:
+            return max(sum(1 for _ in f) - 1, 0)
+    except FileNotFoundError:
+        return 0
+
+
+def kill_inside_write(proc, tmp_path, after=None):
+    """SIGKILL ``proc`` while it writes ``tmp_path`` (the temp file of an atomic save).
+
+    A FIFO is put where the save will create its temp file, so the save blocks inside the write
+    once it has written a pipe's worth; the kill lands there for sure, after some bytes.
+    """
+    if after is not None:
+        wait_for(proc, after, 'the previous save')
+    os.mkfifo(tmp_path)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        got = b''
+
+        def has_data():
+            nonlocal got
+            try:
+                got = os.read(fd, 4096)
+            except BlockingIOError:
+                return False
+            return bool(got)
+        wait_for(proc, has_data, f'the write of {tmp_path.name}')
+        kill9(proc)
+    finally:
+        os.close(fd)
+    assert tmp_path.exists()  # the kill left the temp file behind, as a real one would
+
+
+def ckpt_state(path):
+    import torch
+    return torch.load(path, map_location='cpu', weights_only=True)['state']
+
+
+def test_sigkill_anywhere_then_resume_equals_an_uninterrupted_run(tmp_path):
+    need_msrs()
+    ref, out = tmp_path / 'ref', tmp_path / 'run'
+    p = start_train(ref)
+    assert p.wait(120) == 0, p.stdout.read()[-3000:]
+    p.stdout.close()
+    ref_epochs = read_rows(ref / 'epochs.csv')
+    vals = [float(r['val_fusion']) for r in ref_epochs]
+    assert len(vals) == 4 and vals[1] < vals[0], vals  # epoch 2 is a new best (kill 2)
+
+    # 1. inside the write of last.pt at the end of epoch 2 (rows of epoch 2 already in steps.csv)
+    p = start_train(out)
+    kill_inside_write(p, out / f'.last.pt.tmp{p.pid}', after=lambda: (out / 'last.pt').exists())
+    assert ckpt_state(out / 'last.pt')['epoch'] == 1 and step_rows(out) == 2 * STEPS
+    # 2. resumed: inside the write of best.pt after last.pt of epoch 2 (every epoch improves)
+    inode = os.stat(out / 'steps.csv').st_ino
+    p = start_train(out, '--resume')
+    # the FIFO must come after the start-up clean-up of temp files, which precedes the cut
+    wait_for(p, lambda: os.stat(out / 'steps.csv').st_ino != inode, 'steps.csv cut back')
+    kill_inside_write(p, out / f'.best.pt.tmp{p.pid}')
+    assert ckpt_state(out / 'last.pt')['epoch'] == 2
+    assert ckpt_state(out / 'best.pt')['epoch'] == 1  # stale until the next start repairs it
+    # 3. resumed: in the middle of epoch 3 (or 4, on a slow machine)
+    p = start_train(out, '--resume')
+    wait_for(p, lambda: step_rows(out) >= 2 * STEPS + 5, 'steps of epoch 3')
+    kill9(p)
+    assert ckpt_state(out / 'best.pt')['epoch'] == 2  # repaired at the start of this resume
+    assert step_rows(out) > 2 * STEPS
+    # 4. resumed to the end
+    p = start_train(out, '--resume')
+    assert p.wait(120) == 0, p.stdout.read()[-3000:]
+    p.stdout.close()
+
+    assert read_rows(out / 'steps.csv') == read_rows(ref / 'steps.csv')
+    got = read_rows(out / 'epochs.csv')
+    assert [{k: v for k, v in r.items() if k != 'seconds'} for r in got] == \
+        [{k: v for k, v in r.items() if k != 'seconds'} for r in ref_epochs]
+    assert ckpt_state(out / 'best.pt')['epoch'] == 1 + vals.index(min(vals))
+    assert sorted(n for n in os.listdir(out) if n.startswith('.')) == []  # no temp files left
+
+
+def test_a_run_folder_is_not_overwritten_without_overwrite(tmp_path):
+    need_msrs()
+    out = tmp_path / 'run'
+    args = ['--set', 'train.epochs=1', '--set', 'train.steps_per_epoch=1']
+    assert run_cli('ssvif_train.cli', *TRAIN, '--out', out, *args).returncode == 0
+    names = ('best.pt', 'last.pt', 'steps.csv', 'epochs.csv')
+    before = {n: (out / n).read_bytes() for n in names}
+    res = run_cli('ssvif_train.cli', *TRAIN, '--out', out, *args)
+    assert_one_line_error(res, 2, str(out), 'already holds a run', '--overwrite')
+    assert {n: (out / n).read_bytes() for n in before} == before
+    (out / 'notes.txt').write_text('mine')
+    res = run_cli('ssvif_train.cli', *TRAIN, '--out', out, *args, '--set', 'data.seed=1',
+                  '--overwrite')
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / 'last.pt').read_bytes() != before['last.pt']
+    assert len(read_rows(out / 'steps.csv')) == 1
+    assert (out / 'notes.txt').read_text() == 'mine'  # only the run's own files are replaced
+    res = run_cli('ssvif_train.cli', *TRAIN, '--out', out, '--resume', '--overwrite')
+    assert_one_line_error(res, 2, '--resume', '--overwrite')
+
+
+def test_train_bad_out_and_damaged_last_pt_are_one_line_errors(tmp_path):
+    need_msrs()
+    afile = tmp_path / 'afile'
+    afile.write_text('x')
+    res = run_cli('ssvif_train.cli', *TRAIN, '--out', afile)
+    assert_one_line_error(res, 2, str(afile), 'existing file')
+    res = run_cli('ssvif_train.cli', *TRAIN, '--out', afile / 'sub')
+    assert_one_line_error(res, 2, str(afile / 'sub'), 'cannot create')
+
+    out = tmp_path / 'run'
+    assert run_cli('ssvif_train.cli', *TRAIN, '--out', out, '--set', 'train.epochs=1',
+                   '--set', 'train.steps_per_epoch=1').returncode == 0
+    good = (out / 'last.pt').read_bytes()
+    for label, data in (('empty', b''), ('truncated', good[:len(good) // 2])):
+        (out / 'last.pt').write_bytes(data)
+        res = run_cli('ssvif_train.cli', '--out', out, '--resume')
+        last = assert_one_line_error(res, 2, str(out / 'last.pt'), 'best.pt')
+        assert ('empty' if label == 'empty' else 'truncated') in last, last
+
+
+def test_disk_full_during_a_checkpoint_save_is_one_line(tmp_path):
+    """A file-size limit makes the checkpoint write fail with EFBIG, as a full disk would."""
+    need_msrs()
+    import resource
+    out = tmp_path / 'run'
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+    res = run_cli('ssvif_train.cli', *TRAIN, '--out', out, '--set', 'train.epochs=1',
+                  '--set', 'train.steps_per_epoch=1', preexec_fn=limit)
+    last = assert_one_line_error(res, 2, 'cannot write checkpoint', str(out / 'last.pt'))
+    assert os.strerror(errno.EFBIG) in last, last
+    assert sorted(n for n in os.listdir(out) if n.startswith('.')) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Models, checkpoints and output folders of the tools
+
+DEFAULT_MODEL = REPO / 'ssvif_ros' / 'models' / 'default'
+
+
+@pytest.fixture
+def pairs_dir(tmp_path):
+    """Two real MSRS validation pairs."""
+    src = MSRS / 'val'
+    if not (src / 'vi').is_dir():
+        pytest.skip(f'MSRS sample data not found at {src}')
+    root = tmp_path / 'pairs'
+    for sub in ('vi', 'ir'):
+        (root / sub).mkdir(parents=True)
+    for s in sorted(os.listdir(src / 'vi'))[:2]:
+        for sub in ('vi', 'ir'):
+            os.symlink(src / sub / s, root / sub / s)
+    return root
+
+
+def model_copy(tmp_path, **card_changes):
+    """The default model in a folder of its own, with ``card_changes`` applied to model.json."""
+    import json
+    import shutil
+    d = tmp_path / 'model'
+    shutil.copytree(DEFAULT_MODEL, d)
+    card = json.loads((d / 'model.json').read_text())
+    card.update(card_changes)
+    (d / 'model.json').write_text(json.dumps(card))
+    return d
+
+
+def fuse(pairs, out, *args):
+    return run_cli('ssvif_ros.fuse_cli', '--vi', pairs / 'vi', '--ir', pairs / 'ir', '--out', out,
+                   *args)
+
+
+@pytest.mark.parametrize('change,words', [
+    ({'pad_multiple': None}, 'pad_multiple'), ({'pad_multiple': 0}, 'pad_multiple'),
+    ({'pad_multiple': 7}, 'warm-up inference'), ({'class_names': 3}, 'class_names'),
+    ({'class_names': ['a', 'b']}, 'class_names'), ({'palette': [[0, 0, 300]] * 15}, 'palette'),
+])
+def test_a_bad_model_card_is_a_start_up_error(tmp_path, pairs_dir, change, words):
+    model = model_copy(tmp_path, **change)
+    res = fuse(pairs_dir, tmp_path / 'out', '--model', model)
+    assert_one_line_error(res, 2, str(model), words)
+    assert not list((tmp_path / 'out').glob('fused/*.png'))
+
+
+def test_a_card_with_other_class_names_and_palette_is_accepted(tmp_path, pairs_dir):
+    names = ['background', 'car', 'person', 'bike'] + [f'c{i}' for i in range(11)]
+    model = model_copy(tmp_path, class_names=names, palette=[[i, 255 - i, 7] for i in range(15)])
+    res = fuse(pairs_dir, tmp_path / 'out', '--model', model)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def _onnx_with_wrong_input_names(path):
+    import onnx
+    from onnx import helper, TensorProto
+    a = helper.make_tensor_value_info('a', TensorProto.FLOAT, ['N', 3, 'H', 'W'])
+    b = helper.make_tensor_value_info('b', TensorProto.FLOAT, ['N', 3, 'H', 'W'])
+    fused = helper.make_tensor_value_info('fused', TensorProto.FLOAT, ['N', 3, 'H', 'W'])
+    ids = helper.make_tensor_value_info('class_ids', TensorProto.UINT8, ['N', 'H', 'W'])
+    nodes = [helper.make_node('Max', ['a', 'b'], ['fused']),
+             helper.make_node('ReduceMax', ['a'], ['r'], axes=[1], keepdims=0),
+             helper.make_node('Cast', ['r'], ['class_ids'], to=TensorProto.UINT8)]
+    graph = helper.make_graph(nodes, 'wrong_names', [a, b], [fused, ids])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 13)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def test_an_onnx_model_with_wrong_inputs_is_a_start_up_error(tmp_path, pairs_dir):
+    model = model_copy(tmp_path)
+    _onnx_with_wrong_input_names(model / 'model.onnx')
+    res = fuse(pairs_dir, tmp_path / 'out', '--model', model)
+    assert_one_line_error(res, 2, 'model.onnx', "no input named 'vis'")
+
+
+def _bad_checkpoints(tmp_path):
+    import torch
+    good = torch.load(DEFAULT_MODEL / 'model.pt', map_location='cpu', weights_only=True)
+    out = {}
+    for label, edit in (
+            ('unknown_model', lambda c: c['fusion'].update(model_name='nosuchnet')),
+            ('bad_config', lambda c: c['fusion'].update(model_config={'widthz': 3})),
+            ('state_mismatch', lambda c: c['fusion']['state_dict'].popitem())):
+        ck = {k: (dict(v) if isinstance(v, dict) else v) for k, v in good.items()}
+        ck['fusion'] = dict(good['fusion'], state_dict=dict(good['fusion']['state_dict']))
+        edit(ck)
+        torch.save(ck, tmp_path / f'{label}.pt')
+        out[label] = tmp_path / f'{label}.pt'
+    (tmp_path / 'empty.pt').write_bytes(b'')
+    out['empty'] = tmp_path / 'empty.pt'
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ('touch ' + str(tmp_path / 'pwned'),))
+    torch.save({'fusion': Evil()}, tmp_path / 'pickle.pt')
+    out['pickle'] = tmp_path / 'pickle.pt'
+    return out
+
+
+CKPT_WORDS = {'unknown_model': 'nosuchnet', 'bad_config': 'widthz',
+              'state_mismatch': 'state_dict', 'empty': 'empty',
+              'pickle': 'other than tensors'}
+
+
+def test_bad_checkpoints_are_one_line_errors_in_export_and_torch_backend(tmp_path, pairs_dir):
+    for label, path in _bad_checkpoints(tmp_path).items():
+        res = run_cli('ssvif_train.export', path, '--out', tmp_path / f'exp_{label}')
+        assert_one_line_error(res, 2, str(path), CKPT_WORDS[label])
+    res = fuse(pairs_dir, tmp_path / 'out', '--backend', 'torch', '--model',
+               tmp_path / 'unknown_model.pt')
+    assert_one_line_error(res, 2, 'unknown_model.pt', 'nosuchnet')
+    assert not (tmp_path / 'pwned').exists()
+
+
+def test_an_existing_file_as_out_is_one_line_in_export_and_fuse(tmp_path, pairs_dir):
+    afile = tmp_path / 'afile'
+    afile.write_text('x')
+    res = run_cli('ssvif_train.export', DEFAULT_MODEL / 'model.pt', '--out', afile)
+    assert_one_line_error(res, 2, str(afile), 'existing file')
+    res = fuse(pairs_dir, afile)
+    assert_one_line_error(res, 2, str(afile), 'cannot create output folder')
+    res = fuse(pairs_dir, afile / 'sub')
+    assert_one_line_error(res, 2, str(afile / 'sub'), 'cannot create output folder')
+
+
+# ---------------------------------------------------------------------------------------------
+# Node parameters: homography and output size (pure functions, no ROS)
+
+
+def _values(**overrides):
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2) not installed')
+    from ssvif_ros.fusion_node import PARAMETERS
+    values = {p.name: p.default for p in PARAMETERS}
+    values.update(backend='maxluma', **overrides)
+    return values
+
+
+def test_homography_has_no_scale_and_must_keep_the_frame_finite():
+    from ssvif_ros.fusion_node import make_config
+    cfg = make_config(_values(thermal_homography=[2e-5, 0, 0, 0, 2e-5, 0, 0, 0, 2e-5]))
+    assert cfg.homography_identity
+    cfg = make_config(_values(thermal_homography=[2.0, 0, 10.0, 0, 2.0, 6.0, 0, 0, 2.0]))
+    assert cfg.homography == (1.0, 0, 5.0, 0, 1.0, 3.0, 0, 0, 1.0)
+    with pytest.raises(ValueError, match='thermal_homography.*infinity'):
+        make_config(_values(thermal_homography=[0, 0, 1, 0, 1, 0, 1, 0, 0]))
+    with pytest.raises(ValueError, match='thermal_homography.*outside the 640x512'):
+        make_config(_values(thermal_homography=[1, 0, -5000, 0, 1, 0, 0, 0, 1]))
+    with pytest.raises(ValueError, match='singular'):
+        make_config(_values(thermal_homography=[1, 2, 3, 2, 4, 6, 0, 0, 1]))
+
+
+def test_homography_is_checked_per_frame_size_too():
+    from ssvif_ros.fusion_node import FrameError, make_config, prepare_pair
+    from ssvif_ros.ros_image import numpy_to_image
+    import numpy as np
+    # fine for 640x512 frames; for a 4000 px wide RGB frame its line at infinity (x = 2000)
+    # crosses the frame
+    cfg = make_config(_values(thermal_homography=[1, 0, 0, 0, 1, 0, 5e-4, 0, 1]))
+    rgb = numpy_to_image(np.zeros((20, 4000, 3), np.uint8), 'rgb8')
+    th = numpy_to_image(np.zeros((20, 4000), np.uint8), 'mono8')
+    with pytest.raises(FrameError, match='infinity') as info:
+        prepare_pair(rgb, th, cfg)
+    assert info.value.reason == 'bad_homography'
+
+
+def test_output_size_needing_absurd_memory_is_rejected_with_the_limit():
+    from ssvif_ros.fusion_node import make_config
+    with pytest.raises(ValueError, match=r'output_size: 16384x16384 .*limit of 33177600'):
+        make_config(_values(output_size='16384x16384'))
+    assert make_config(_values(output_size='7680x4320')).output_size == (7680, 4320)
+
+
+# ---------------------------------------------------------------------------------------------
+# The node as a ROS 2 process: failing pairs, a dead worker, bad models at start
+
+NODE_DOMAIN = 100 + os.getpid() % 100
+
+# Runs the real node with a fault injected at a named point: prepare_pair (the decode and
+# register stage: MemoryError as under a memory limit) or the backend call (a backend bug), for
+# the pairs numbered in FAULT_PAIRS; FAULT=death raises a BaseException in the backend, which
+# nothing per pair may swallow: the worker thread dies.
+FAULTY_NODE = '''
+import os, sys
+from ssvif_ros import fusion_node
+from ssvif_ros.backends import base
+
+FAULT = os.environ['FAULT']
+FIRST, LAST = (int(v) for v in os.environ['FAULT_PAIRS'].split('-'))
+count = [0]
+
+
+class ThreadDeath(BaseException):
+    pass
+
+
+real_prepare = fusion_node.prepare_pair
+
+
+def prepare_pair(*args):
+    count[0] += 1
+    if FAULT == 'memory' and FIRST <= count[0] <= LAST:
+        raise MemoryError()
+    return real_prepare(*args)
+
+
+class Faulty(base.MaxLumaBackend):
+    name = 'faulty'
+
+    def infer(self, vis, ir):
+        if FIRST <= count[0] <= LAST:
+            if FAULT == 'backend':
+                raise RuntimeError('injected backend failure')
+            if FAULT == 'death':
+                raise ThreadDeath('injected thread death')
+        return super().infer(vis, ir)
+
+
+fusion_node.prepare_pair = prepare_pair
+base.BACKENDS['faulty'] = lambda model, threads, device: Faulty()
+fusion_node.MODEL_FREE_BACKENDS = fusion_node.MODEL_FREE_BACKENDS + ('faulty',)
+sys.exit(fusion_node.main())
+'''
+
+
+def node_env(**extra):
+    return _env(RMW_IMPLEMENTATION='rmw_fastrtps_cpp', ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
+                ROS_DOMAIN_ID=str(NODE_DOMAIN),
+                FASTDDS_DEFAULT_PROFILES_FILE=str(REPO / 'config' / 'fastdds_shm.xml'),
+                **extra)
+
+
+class Feeder:
+    """This process's ROS side: publishes pairs, records fused images and /diagnostics."""
+
+    def __init__(self):
+        from diagnostic_msgs.msg import DiagnosticArray
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from rclpy.signals import SignalHandlerOptions
+        from sensor_msgs.msg import Image
+        import threading
+        os.environ['ROS_DOMAIN_ID'] = str(NODE_DOMAIN)
+        self.rclpy = rclpy
+        self.ctx = rclpy.Context()
+        rclpy.init(args=[], context=self.ctx, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node('fault_feeder', context=self.ctx)
+        self.fused, self.diag = [], []
+        rel = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(Image, 'fused/image', self.fused.append, rel)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 50)
+        self.pub_rgb = self.node.create_publisher(Image, 'rgb/image_raw', 10)
+        self.pub_th = self.node.create_publisher(Image, 'thermal/image_raw', 10)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        while not self.stop.is_set() and self.ctx.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def _on_diag(self, msg):
+        for st in msg.status:
+            if st.name.endswith('fusion_node: fusion'):
+                self.diag.append((st.level, st.message, {kv.key: kv.value for kv in st.values}))
+
+    def wait_connected(self, timeout=20.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if (self.pub_rgb.get_subscription_count() and self.pub_th.get_subscription_count()
+                    and self.node.count_publishers('/fused/image')):
+                time.sleep(0.5)
+                return True
+            time.sleep(0.05)
+        return False
+
+    def publish_pairs(self, n, rate=10.0):
+        import numpy as np
+        from ssvif_ros.ros_image import numpy_to_image
+        rgb = np.full((48, 64, 3), 90, np.uint8)
+        th = np.full((48, 64), 200, np.uint8)
+        t0 = time.time_ns()
+        for i in range(n):
+            stamp = t0 + i * int(1e9 / rate)
+            for pub, img, enc in ((self.pub_rgb, rgb, 'rgb8'), (self.pub_th, th, 'mono8')):
+                msg = numpy_to_image(img, enc)
+                msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+                pub.publish(msg)
+            time.sleep(1.0 / rate)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5.0)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.ctx)
+
+
+@pytest.fixture
+def feeder():
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2) not installed')
+    f = Feeder()
+    yield f
+    f.close()
+
+
+def start_faulty_node(tmp_path, fault, pairs):
+    script = tmp_path / 'faulty_node.py'
+    script.write_text(FAULTY_NODE)
+    log = open(tmp_path / 'node.log', 'w')
+    proc = subprocess.Popen([sys.executable, str(script), '--ros-args', '-p', 'backend:=faulty'],
+                            cwd=REPO, env=node_env(FAULT=fault, FAULT_PAIRS=pairs), stdout=log,
+                            stderr=subprocess.STDOUT)
+    log.close()
+    return proc
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize('fault,reason', [('memory', 'worker_error'),
+                                          ('backend', 'inference_error')])
+def test_the_worker_survives_failing_pairs_and_reports_error(tmp_path, feeder, fault, reason):
+    from diagnostic_msgs.msg import DiagnosticStatus
+    proc = start_faulty_node(tmp_path, fault, '3-22')
+    try:
+        assert feeder.wait_connected(), (tmp_path / 'node.log').read_text()[-2000:]
+        feeder.publish_pairs(45)  # pairs 3..22 fail: two seconds of failures at 10 Hz
+        time.sleep(2.5)
+        assert proc.poll() is None, (tmp_path / 'node.log').read_text()[-2000:]
+        levels = [(lvl, msg) for lvl, msg, _ in feeder.diag]
+        assert any(lvl == DiagnosticStatus.ERROR and 'pairs failed' in msg
+                   for lvl, msg in levels), levels
+        assert levels[-1][0] != DiagnosticStatus.ERROR, levels  # recovered after the failures
+        values = feeder.diag[-1][2]
+        assert int(values[f'drops.{reason}']) == 20, values
+        assert int(values['published']) >= 15, values  # fused again after the failures
+        log = (tmp_path / 'node.log').read_text()
+        errors = [ln for ln in log.splitlines() if 'pair failed' in ln]
+        assert 1 <= len(errors) <= 2, errors  # throttled: one per 5 s
+        assert 'Traceback' not in log
+    finally:
+        stop(proc)
+
+
+def test_a_dead_worker_makes_the_node_exit_1_for_a_supervisor(tmp_path, feeder):
+    from diagnostic_msgs.msg import DiagnosticStatus
+    proc = start_faulty_node(tmp_path, 'death', '3-3')
+    try:
+        assert feeder.wait_connected(), (tmp_path / 'node.log').read_text()[-2000:]
+        feeder.publish_pairs(10)
+        assert proc.wait(10) == 1
+        assert any(lvl == DiagnosticStatus.ERROR and 'inference worker died' in msg
+                   for lvl, msg, _ in feeder.diag), feeder.diag
+        log = (tmp_path / 'node.log').read_text()
+        assert 'injected thread death' in log and 'Traceback' not in log, log[-2000:]
+    finally:
+        stop(proc)
+
+
+@pytest.mark.parametrize('params,words', [
+    (['backend:=torch', 'device:=abc'], 'abc'),
+    (['model:={bad_card}'], 'pad_multiple'),
+])
+def test_node_start_with_a_bad_model_or_device_is_one_line_exit_1(tmp_path, params, words):
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2) not installed')
+    bad_card = model_copy(tmp_path, pad_multiple=None)
+    cmd = [sys.executable, '-m', 'ssvif_ros.fusion_node', '--ros-args']
+    for p in params:
+        cmd += ['-p', p.format(bad_card=bad_card)]
+    res = subprocess.run(cmd, cwd=REPO, env=node_env(), capture_output=True, text=True,
+                         timeout=60)
+    out = (res.stdout + res.stderr).strip()
+    assert res.returncode == 1, out[-2000:]
+    assert 'Traceback' not in out and 'weights_only=False' not in out, out[-2000:]
+    assert 'cannot start' in out.splitlines()[-1] and words in out.splitlines()[-1], out
+
+
+# ---------------------------------------------------------------------------------------------
+# Bags
+
+
+def test_a_truncated_mcap_yields_the_pairs_before_the_cut(tmp_path, capsys):
+    pytest.importorskip('rosbags')
+    import json
+    import test_bag_extract as tb
+    topics, expected = tb.synthetic('rgb8', 'mono8')
+    full = tb.write_bag(tmp_path / 'full', topics, 'mcap')
+    assert tb.extract(full, tmp_path / 'out_full') == 0
+    n_full = len(os.listdir(tmp_path / 'out_full' / 'vi'))
+    bag = tb.write_bag(tmp_path / 'bag', topics, 'mcap')
+    f = next(bag.glob('*.mcap'))
+    data = f.read_bytes()
+    f.write_bytes(data[:int(len(data) * 0.6)])
+    assert tb.extract(bag, tmp_path / 'out') == 0
+    err = capsys.readouterr().err
+    assert f'{f} stops at byte {int(len(data) * 0.6)}' in err, err
+    rep = json.loads((tmp_path / 'out' / 'extract.json').read_text())
+    assert rep['status'] == 'truncated' and rep['truncated']['file'] == str(f)
+    n = len(os.listdir(tmp_path / 'out' / 'vi'))
+    assert 0 < n < n_full
+    assert sorted(os.listdir(tmp_path / 'out' / 'vi')) == \
+        sorted(os.listdir(tmp_path / 'out_full' / 'vi'))[:n]
+
+
+def test_no_pairs_when_every_thermal_frame_failed_does_not_blame_clocks(tmp_path, capsys):
+    pytest.importorskip('rosbags')
+    import test_bag_extract as tb
+    topics, _ = tb.synthetic('rgb8', 'mono8')
+    for _, msg in topics[tb.TH_TOPIC][1]:
+        msg.encoding = 'yuv422'
+    bag = tb.write_bag(tmp_path / 'bag', topics, 'sqlite3')
+    assert tb.extract(bag, tmp_path / 'out') == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert 'every one of the' in last and 'thermal frames failed conversion' in last, last
+    assert 'thermal.unsupported_encoding' in last and 'clock' not in last, last
+
+
+def _file_size_limit(limit=64 * 1024):
+    """preexec_fn: writes past ``limit`` bytes fail with EFBIG, as on a full disk."""
+    import resource
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_disk_full_during_export_is_one_line_and_leaves_no_temp_file(tmp_path):
+    out = tmp_path / 'exp'
+    res = run_cli('ssvif_train.export', DEFAULT_MODEL / 'model.pt', '--out', out,
+                  preexec_fn=_file_size_limit)
+    assert_one_line_error(res, 2, str(out / 'model.onnx'), os.strerror(errno.EFBIG))
+    assert os.listdir(out) == []
+
+
+def test_pairing_drops_get_a_throttled_warning(tmp_path, feeder):
+    log = open(tmp_path / 'node.log', 'w')
+    proc = subprocess.Popen([sys.executable, '-m', 'ssvif_ros.fusion_node', '--ros-args',
+                             '-p', 'backend:=maxluma', '-p', 'queue_size:=2'], cwd=REPO,
+                            env=node_env(), stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    try:
+        assert feeder.wait_connected(), (tmp_path / 'node.log').read_text()[-2000:]
+        import numpy as np
+        from ssvif_ros.ros_image import numpy_to_image
+        for i in range(25):  # RGB only: the thermal camera stopped
+            msg = numpy_to_image(np.zeros((8, 8, 3), np.uint8), 'rgb8')
+            msg.header.stamp.sec = 1000 + i
+            feeder.pub_rgb.publish(msg)
+            time.sleep(0.1)
+        time.sleep(1.5)
+    finally:
+        stop(proc)
+    lines = [ln for ln in (tmp_path / 'node.log').read_text().splitlines()
+             if 'pairing dropped' in ln]
+    assert 1 <= len(lines) <= 2 and 'pairing.rgb.queue_overflow' in lines[0], lines
