@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
-"""Fusion quality of deployable models on the MSRS validation pairs, side by side.
+"""Segmentation and fusion quality of deployable models on the MSRS validation pairs.
 
-Every model runs through the same backend interface as the node; the trivial rule (visible
-image with Y replaced by max(Y, IR), backend ``maxluma``) is always reported beside them,
-because several metrics reward it. Metrics: the SSVIF paper's MI, VIF, Qabf, SSIM and DeltaE
-(plus EN, SD, AG), VIFB convention (:mod:`ssvif_ros.metrics`), mean over the pairs.
+Every model runs through the same backend interface as the node, and each table has the trivial
+rule beside the models:
+
+* segmentation (when ``val/boxes`` exists): box-F1 and per-class F1 / box recall / pixel
+  precision against the validation boxes (:class:`ssvif_ros.labels.BoxScorer`, as
+  ``ssvif-eval boxes``), beside the rule "thermal > mean + 2 SD = person";
+* fusion: the SSVIF paper's MI, VIF, Qabf, SSIM and DeltaE (plus EN, SD, AG), VIFB convention
+  (:mod:`ssvif_ros.metrics`), mean over the pairs, beside the max-luma rule (visible image with
+  Y replaced by max(Y, IR), backend ``maxluma``), and the mean |fused - max-luma| in grey levels
+  (0..255, over pixels and channels), which says how much the learned fusion changes the image.
 
     .venv/bin/python bench/model_quality.py [--model NAME=DIR ...] [--data DIR] [--json F]
 
-Without ``--model`` it scores the embedded default model. The last column pair says, for the
-first model against each other, on how many of the five paper metrics it matches or beats it.
+Without ``--model`` it scores the embedded default model. The last lines say, for the first
+model against each other, on how many of the five paper metrics it matches or beats it.
 """
 import argparse
 import json
@@ -26,17 +32,54 @@ PAPER = ['MI', 'VIF', 'Qabf', 'SSIM', 'DeltaE']
 EXTRA = ['EN', 'SD', 'AG']
 
 
-def score(backend, pairs, names, convention):
-    """Mean of each metric over ``pairs`` fused by ``backend``."""
-    from ssvif_ros import imaging, metrics
-    rows = []
-    for vis_raw, ir_raw in pairs:
+def score(backend, pairs, names, convention, boxes=None):
+    """Mean of each metric over ``pairs`` fused by ``backend`` (+ box scores with ``boxes``)."""
+    from ssvif_ros import imaging, labels, metrics
+    rows, diffs = [], []
+    scorer = labels.BoxScorer()
+    for i, (vis_raw, ir_raw) in enumerate(pairs):
         vis, ir = imaging.preprocess_pair(vis_raw, ir_raw)
-        fused, _ = backend.infer(vis, ir)
+        fused, ids = backend.infer(vis, ir)
+        f8 = imaging.to_uint8(fused)
         rows.append(metrics.compute_fusion_metrics(
-            imaging.to_uint8(vis), imaging.to_uint8(ir[:, :, 0]), imaging.to_uint8(fused),
+            imaging.to_uint8(vis), imaging.to_uint8(ir[:, :, 0]), f8,
             names=names, convention=convention))
-    return {k: float(np.mean([r[k] for r in rows])) for k in names}
+        rule = imaging.to_uint8(imaging.max_luma_fusion(vis, ir))
+        diffs.append(float(np.abs(f8.astype(np.float32) - rule).mean()))
+        if boxes is not None:
+            scorer.add(ids, boxes[i])
+    out = {k: float(np.mean([r[k] for r in rows])) for k in names}
+    out['|F-maxluma|'] = float(np.mean(diffs))
+    if boxes is not None:
+        out['boxes'] = scorer.result()
+    return out
+
+
+def thermal_rule_boxes(pairs, boxes):
+    """Box scores of the rule "thermal > mean + 2 SD = person"."""
+    from ssvif_ros import labels
+    scorer = labels.BoxScorer()
+    for (_, ir_raw), b in zip(pairs, boxes):
+        scorer.add(labels.thermal_rule(ir_raw), b)
+    return scorer.result()
+
+
+def _f(v):
+    return 'n/a' if v is None or v != v else f'{v:.3f}'
+
+
+def print_box_table(results):
+    """Markdown table of box-F1 and per-class F1 (R / P) for each row that has box scores."""
+    classes = ('person', 'car', 'bike')
+    print('| model | box-F1 | ' + ' | '.join(f'{c} F1 (R / P)' for c in classes) + ' |')
+    print('|---|---|' + '---|' * len(classes))
+    for name, r in results.items():
+        b = r.get('boxes')
+        if b is None:
+            continue
+        cells = [f'{_f(b["classes"][c]["f1"])} ({_f(b["classes"][c]["recall"])} / '
+                 f'{_f(b["classes"][c]["precision"])})' for c in classes]
+        print(f'| {name} | **{_f(b["box_f1"])}** | ' + ' | '.join(cells) + ' |')
 
 
 def main(argv=None) -> int:
@@ -61,25 +104,42 @@ def main(argv=None) -> int:
     stems = sorted(os.listdir(vi_dir))
     pairs = [(imaging.read_image(vi_dir / s, 'rgb'),
               imaging.read_image(data / 'val' / 'ir' / s, 'gray')) for s in stems]
+    box_dir = data / 'val' / 'boxes'
+    boxes = None
+    if box_dir.is_dir():
+        from ssvif_ros import labels
+        cmap = labels.box_class_map(labels.DEFAULT_BOX_CLASSES)
+        boxes = [labels.read_boxes(box_dir / (Path(s).stem + '.txt'), cmap)
+                 if (box_dir / (Path(s).stem + '.txt')).is_file() else [] for s in stems]
     models = [m.split('=', 1) for m in args.model] or [['default', '']]
     names = PAPER + EXTRA
     results = {}
     for name, folder in models:
         results[name] = score(create_backend(args.backend, folder, args.threads), pairs, names,
-                              args.convention)
+                              args.convention, boxes)
         print(f'scored {name}', flush=True)
     results['max-luma rule'] = score(create_backend('maxluma'), pairs, names, args.convention)
+    if boxes is not None:
+        results['thermal rule (> mean + 2 SD = person)'] = {
+            'boxes': thermal_rule_boxes(pairs, boxes)}
+        n_boxes = sum(len(b) for b in boxes)
+        print(f'\nSegmentation, MSRS val, {len(pairs)} pairs, {n_boxes} boxes (found: 20 % of '
+              'a box carries its class; precision: class pixels inside its boxes + 5 px)')
+        print_box_table(results)
     better = {m: metrics.METRICS[m].higher_is_better for m in names}
-    print(f'\nMSRS val, {len(pairs)} pairs, {args.convention} convention '
-          '(MI and SSIM summed over the two sources)')
-    print('| model | ' + ' | '.join(f'{m} {"↑" if better[m] else "↓"}' for m in names) + ' |')
-    print('|---|' + '---|' * len(names))
+    print(f'\nFusion, MSRS val, {len(pairs)} pairs, {args.convention} convention '
+          '(MI and SSIM summed over the two sources; |F-maxluma| in grey levels)')
+    cols = names + ['|F-maxluma|']
+    print('| model | ' + ' | '.join(f'{m} {"↑" if better[m] else "↓"}' for m in names)
+          + ' | mean abs(F - max-luma) |')
+    print('|---|' + '---|' * len(cols))
     for name, r in results.items():
-        print(f'| {name} | ' + ' | '.join(f'{r[m]:.4f}' for m in names) + ' |')
+        if names[0] in r:
+            print(f'| {name} | ' + ' | '.join(f'{r[m]:.4f}' for m in cols) + ' |')
     first = models[0][0]
     wins = {}
     for other in results:
-        if other == first:
+        if other == first or names[0] not in results[other]:
             continue
         ok = [m for m in PAPER if (results[first][m] >= results[other][m]) == better[m]
               or results[first][m] == results[other][m]]

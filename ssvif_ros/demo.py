@@ -226,8 +226,52 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         'node_exit_code': node_code})
     (out / 'latency.json').write_text(json.dumps(summary, indent=2))
     _print_summary(summary, out, saved)
+    sheet = class_sheet(args.backend, args.model, out / 'classes.png',
+                        None if args.synthetic else data)
+    if sheet:
+        print(f'class overlay contact sheet: {sheet}')
     fused = summary['topics']['fused/image']['latency_ms']['count']
     return 0 if fused > 0 else 1
+
+
+def class_sheet(backend: str, model: str, path: Path, msrs: Optional[Path],
+                n: int = 3) -> Optional[Path]:
+    """Write a contact sheet of class maps of ``n`` MSRS and ``n`` RoadScene pairs.
+
+    The pairs are fused with the node's backend and model
+    (:func:`ssvif_ros.eval_cli.write_class_sheet`).
+
+    Without the shared data the rows come from the synthetic scene. Returns the path, or None
+    when the backend has no class map (identity, maxluma).
+    """
+    from ssvif_ros import imaging
+    from ssvif_ros.backends import BackendError, create_backend
+    from ssvif_ros.eval_cli import write_class_sheet
+    from ssvif_ros.tools.pair_publisher import default_data_dir, load_pairs, synthetic_scene
+    try:
+        b = create_backend(backend, model, threads=2)
+    except BackendError as exc:
+        print(f'demo: no class sheet: {exc}', file=sys.stderr)
+        return None
+    if b.num_classes < 2:
+        return None
+    sources = []
+    road = default_data_dir() / 'roadscene'
+    for name, folder in (('MSRS', msrs), ('RoadScene', road)):
+        if folder is not None and (Path(folder) / 'vi').is_dir():
+            pairs = load_pairs(folder)
+            step = max(1, len(pairs) // n)
+            sources += [(name, p) for p in pairs[::step][:n]]
+    if not sources:
+        sources = [('synthetic', synthetic_scene(i * 20)) for i in range(n)]
+    rows = []
+    for i, (name, (vis, ir)) in enumerate(sources):
+        v, t = imaging.preprocess_pair(vis, ir)
+        fused, ids = b.infer(v, t)
+        rows.append((f'{name} {i + 1}', imaging.to_uint8(v), imaging.to_uint8(t[:, :, 0]),
+                     imaging.to_uint8(fused), ids))
+    write_class_sheet(path, rows, b.class_names, b.palette)
+    return path
 
 
 def _print_summary(summary: Dict, out: Path, saved: Dict[str, List[str]]) -> None:
