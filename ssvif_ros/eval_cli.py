@@ -437,21 +437,13 @@ def _segmentation(args) -> int:
     if problems:
         lines += ['', '### Problems', ''] + [f'- {p}' for p in problems]
     text = '\n'.join(lines) + '\n'
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / 'segmentation_metrics.md').write_text(text, encoding='utf-8')
     doc = {'classes': list(names), 'ignore_index': ignore, 'n_images': n_scored,
            'iou': {n: _json_value(float(v)) for n, v in zip(names, iou)},
            'miou': _json_value(miou), 'pixel_accuracy': _json_value(acc),
            'confusion_matrix': cm.tolist(), 'missing_predictions': missing,
            'predictions_without_label': extra, 'size_mismatch': mismatched,
            'problems': problems}
-    (out / 'segmentation_metrics.json').write_text(json.dumps(doc, indent=2), encoding='utf-8')
-    for p in problems:
-        print(f'warning: {p}', file=sys.stderr)
-    print(text)
-    print(f'wrote {out / "segmentation_metrics.md"} and segmentation_metrics.json')
-    return 0
+    return _write_report(args.out, 'segmentation_metrics', text, doc, problems)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,17 +519,22 @@ def _boxes(args) -> int:
     text = box_markdown(rows, classes, len(boxes))
     if problems:
         text += '\n### Problems\n\n' + '\n'.join(f'- {p}' for p in problems) + '\n'
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / 'box_scores.md').write_text(text, encoding='utf-8')
     doc = {'classes': classes, 'box_classes': args.box_classes.split(','),
            'found_fraction': 0.2, 'grow_px': 5, 'n_box_files': len(boxes),
            'methods': {n: _json_tree(r) for n, r in rows.items()}, 'problems': problems}
-    (out / 'box_scores.json').write_text(json.dumps(doc, indent=2), encoding='utf-8')
+    return _write_report(args.out, 'box_scores', text, doc, problems)
+
+
+def _write_report(out_dir, name: str, text: str, doc: Dict, problems: Sequence[str]) -> int:
+    """Write ``name.md`` and ``name.json`` into ``out_dir``, print the text and the problems."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f'{name}.md').write_text(text, encoding='utf-8')
+    (out / f'{name}.json').write_text(json.dumps(doc, indent=2), encoding='utf-8')
     for p in problems:
         print(f'warning: {p}', file=sys.stderr)
     print(text)
-    print(f'wrote {out / "box_scores.md"} and box_scores.json')
+    print(f'wrote {out / (name + ".md")} and {name}.json')
     return 0
 
 
