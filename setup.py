@@ -25,7 +25,6 @@ setup(
     maintainer_email='maintainers@ssvif-ros.invalid',
     description='Segmentation-aware visible-infrared image fusion for ROS 2 (SSVIF).',
     license='Apache-2.0',
-    tests_require=['pytest'],
     entry_points={
         'console_scripts': [
             'ssvif-train = ssvif_train.cli:main',

@@ -1,0 +1,1 @@
+"""Fusion models (registry + ``create_model``) and SSVIF's segmentation branches."""
