@@ -74,6 +74,7 @@ class LossConfig:
     lambda_ssim: float = 10.0
     lambda_color: float = 20.0
     dice_eps: float = 1.0
+    csc_threshold: float = 0.0    # CSC counts only pseudo labels this confident (0 = paper: all)
 
 
 @dataclass
@@ -95,6 +96,7 @@ class TrainConfig:
     lr: float = 1e-4
     patience: int = 10            # early stopping on the monitored value (0 = off)
     monitor: str = 'auto'         # stage II selection: auto | fusion | box_f1 | miou
+    csc_ramp_epochs: int = 0      # semantic: L_seg = L_sup + ramp * L_csc over this many epochs
     csc: bool = True              # False: no H, no S, fusion loss only (ablation iii)
     two_stage: bool = True        # False: stage II from the first epoch (ablation iv)
     stage1_max_epochs: int = 50   # cap on stage I length
@@ -223,6 +225,8 @@ def validate(cfg: Config) -> Config:
                           'train.csc true')
     if cfg.train.monitor in ('box_f1', 'miou') and cfg.model.classes != 'msrs':
         raise ConfigError(f'train.monitor {cfg.train.monitor} needs model.classes msrs')
+    if not 0.0 <= cfg.loss.csc_threshold < 1.0 or cfg.train.csc_ramp_epochs < 0:
+        raise ConfigError('loss.csc_threshold must be in [0, 1) and train.csc_ramp_epochs >= 0')
     if cfg.data.box_margin < 0 or not 0.0 <= cfg.data.box_core <= 1.0:
         raise ConfigError('data.box_margin must be >= 0 and data.box_core in [0, 1]')
     if not 0.0 <= cfg.data.val_fraction < 1.0:

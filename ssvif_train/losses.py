@@ -89,12 +89,19 @@ def to_resolution(logits: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return tf.interpolate(logits, size=size, mode='bilinear', align_corners=False)
 
 
-def pseudo_label(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
-    """Eq. 4: per pixel, arg-max of the more confident branch (ties -> B). N x H x W int64."""
+def pseudo_label(logits_a: torch.Tensor, logits_b: torch.Tensor,
+                 threshold: float = 0.0) -> torch.Tensor:
+    """Eq. 4: per pixel, arg-max of the more confident branch (ties -> B). N x H x W int64.
+
+    ``threshold`` > 0: pixels whose winning confidence is below it get :data:`IGNORE_INDEX`.
+    """
     with torch.no_grad():
         pa, ca = logits_a.softmax(1).max(1)
         pb, cb = logits_b.softmax(1).max(1)
-        return torch.where(pa > pb, ca, cb)
+        label = torch.where(pa > pb, ca, cb)
+        if threshold > 0.0:
+            label[torch.maximum(pa, pb) < threshold] = IGNORE_INDEX
+        return label
 
 
 def hybrid_terms(logits: torch.Tensor, label: torch.Tensor, eps: float,
@@ -134,13 +141,21 @@ def hybrid_terms(logits: torch.Tensor, label: torch.Tensor, eps: float,
 
 
 def csc_terms(logits_a: torch.Tensor, logits_b: torch.Tensor, size: Tuple[int, int],
-              eps: float = 1.0) -> Dict[str, torch.Tensor]:
-    """Unweighted CSC terms ``ce_a``, ``dice_a``, ``ce_b``, ``dice_b`` at resolution ``size``."""
+              eps: float = 1.0, threshold: float = 0.0) -> Dict[str, torch.Tensor]:
+    """Unweighted CSC terms ``ce_a``, ``dice_a``, ``ce_b``, ``dice_b`` at resolution ``size``.
+
+    ``threshold`` (``loss.csc_threshold``, 0 = the paper): only pixels whose pseudo label has
+    at least this confidence count.
+    """
     la = to_resolution(logits_a.float(), size)
     lb = to_resolution(logits_b.float(), size)
-    label = pseudo_label(la, lb)
-    ce_a, dice_a = hybrid_terms(la, label, eps)
-    ce_b, dice_b = hybrid_terms(lb, label, eps)
+    label = pseudo_label(la, lb, threshold)
+    if threshold > 0.0 and not bool((label != IGNORE_INDEX).any()):
+        za, zb = la.sum() * 0.0, lb.sum() * 0.0
+        return {'ce_a': za, 'dice_a': za, 'ce_b': zb, 'dice_b': zb}
+    ignore = IGNORE_INDEX if threshold > 0.0 else -100
+    ce_a, dice_a = hybrid_terms(la, label, eps, ignore)
+    ce_b, dice_b = hybrid_terms(lb, label, eps, ignore)
     return {'ce_a': ce_a, 'dice_a': dice_a, 'ce_b': ce_b, 'dice_b': dice_b}
 
 

@@ -8,7 +8,9 @@ Semantic training (``model.classes: msrs``, labels from pixel masks or boxes, se
 :mod:`ssvif_train.data`): in stage II the segmentation task is L_seg = L_csc + L_sup, L_sup the
 CE + Dice of H and S on the labelled pixels of the batch (unlabelled pairs and uncertain box
 pixels are ignored), and the weighting strategy balances L_fusion against L_seg as it balances
-L_fusion against L_csc in the label-free mode. CSC still runs on every pixel of every pair.
+L_fusion against L_csc in the label-free mode. CSC still runs on every pair; its weight within
+L_seg ramps up over ``train.csc_ramp_epochs`` stage-II epochs (:func:`csc_ramp`) and
+``loss.csc_threshold`` keeps unconfident pseudo labels out.
 
 Model selection: stage I monitors validation L_fusion. When stage II starts, the best value and
 the patience counter are reset and stage II monitors ``train.monitor`` (``auto``: validation
@@ -49,14 +51,14 @@ from ssvif_train.data import build_datasets
 from ssvif_train.models.registry import (atomic_torch_save, create_model, model_record,
                                          torch_load_checked)
 from ssvif_train.models.segmentation import SegFormerSeg, SegHead
-from ssvif_train.weighting import create_weighting
+from ssvif_train.weighting import create_weighting, csc_ramp
 
 log = logging.getLogger('ssvif_train')
 
 CHECKPOINT_FORMAT = 'ssvif-train/1'
 STEP_FIELDS = ['global_step', 'epoch', 'stage', 'loss_total', 'loss_fusion', 'int', 'grad',
                'ssim', 'color', 'loss_csc', 'ce_a', 'dice_a', 'ce_b', 'dice_b', 'loss_sup',
-               'sup_ce_a', 'sup_dice_a', 'sup_ce_b', 'sup_dice_b', 'omega_csc',
+               'sup_ce_a', 'sup_dice_a', 'sup_ce_b', 'sup_dice_b', 'csc_ramp', 'omega_csc',
                'g_a', 'g_b', 'r_a', 'r_b', 'alpha_cf', 'cos_phi', 'lr']
 EPOCH_FIELDS = ['epoch', 'stage', 'train_fusion', 'train_csc', 'val_fusion', 'omega_csc',
                 'g_a', 'g_b', 'r_a', 'r_b', 'alpha_cf', 'cos_phi', 'seconds']
@@ -331,15 +333,18 @@ class Trainer:
         norm_f = math.sqrt(sum(float(g.double().pow(2).sum()) for g in g_f)) / scale
         if stage2:
             c_terms = losses.csc_terms(logits_a, logits_b, tuple(vis.shape[-2:]),
-                                       self.cfg.loss.dice_eps)
+                                       self.cfg.loss.dice_eps, self.cfg.loss.csc_threshold)
             l_csc = losses.csc_total(c_terms)
             l_seg = l_csc
+            ramp = 1.0
             if self.semantic and label is not None:
                 s_terms = losses.supervised_terms(logits_a, logits_b,
                                                   label.to(self.device, non_blocking=True),
                                                   self.cfg.loss.dice_eps)
                 l_sup = losses.supervised_total(s_terms)
-                l_seg = l_csc + l_sup
+                ramp = csc_ramp(self.epoch - self.stage1_epochs, self.cfg.train.csc_ramp_epochs)
+                l_seg = l_sup + ramp * l_csc
+                row['csc_ramp'] = ramp
                 row.update({k: float(v.detach()) for k, v in s_terms.items()})
                 row['loss_sup'] = self._mean_scalar(float(l_sup.detach()))
             g_c = torch.autograd.grad(self.scaler.scale(l_seg), shared + other,
@@ -351,7 +356,7 @@ class Trainer:
             dot /= scale * scale
             row.update({k: float(v.detach()) for k, v in c_terms.items()})
             row['loss_csc'] = self._mean_scalar(float(l_csc.detach()))
-            loss_seg = row['loss_csc'] + row.get('loss_sup', 0.0)
+            loss_seg = ramp * row['loss_csc'] + row.get('loss_sup', 0.0)
             a, b = self.weighting.step(norm_f, norm_c, row['loss_fusion'], loss_seg)
             for p, gf, gc in zip(shared, g_f, gc_shared):
                 p.grad = a * gf + b * gc

@@ -14,6 +14,9 @@ multipliers of the two task gradients. ``omega`` (= omega_csc of eq. 2 = b / a) 
   a = 1, b = lambda_B / lambda_A.
 * ``ucw`` (Kendall et al. 2018): learned log-variances s_k, L = sum exp(-s_k) L_k + s_k;
   a = exp(-s_A), b = exp(-s_B); s is updated by its own Adam from the same step's losses.
+
+Semantic training composes the segmentation task as L_seg = L_sup + c * L_csc with the ramp
+``c`` of :func:`csc_ramp` (1 when ``train.csc_ramp_epochs`` is 0, the paper's label-free form).
 """
 from __future__ import annotations
 
@@ -182,3 +185,17 @@ def create_weighting(cfg) -> Weighting:
     if cfg.method == 'ucw':
         return UCW(cfg.ucw_lr, cfg.temperature)
     raise ValueError(f'unknown weighting method {cfg.method!r}')
+
+
+def csc_ramp(stage2_epoch: int, ramp_epochs: int) -> float:
+    """Weight c of L_csc within L_seg in stage-II epoch ``stage2_epoch`` (0-based).
+
+    The sigmoid ramp-up exp(-5 (1 - t)^2), t = epoch / ramp_epochs clipped to 1, of
+    consistency training (Laine & Aila 2017): pseudo labels count fully only once the labelled
+    pixels have shaped both branches. Without it, CSC on unlabelled pairs of another camera
+    (RoadScene) locked both branches onto "car everywhere" there within three epochs.
+    """
+    if ramp_epochs <= 0:
+        return 1.0
+    t = min(max(stage2_epoch, 0) / ramp_epochs, 1.0)
+    return math.exp(-5.0 * (1.0 - t) ** 2)

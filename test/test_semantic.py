@@ -279,3 +279,25 @@ def test_pixel_labels_msrs_and_fmb_give_semantic_ids(tmp_path):
         # FMB: person 8 -> 2, car 9 -> 1, bicycle 13 -> 3, others -> 0; MSRS ids >= 4 -> 0
         want = [0, 2, 1, 3, 255, 0] if layout == 'fmb' else [0, 1, 2, 3, 0, 255]
         assert got == want, layout
+
+
+def test_csc_ramp_and_confidence_threshold():
+    from ssvif_train.weighting import csc_ramp
+    assert csc_ramp(0, 0) == 1.0 and csc_ramp(7, 0) == 1.0          # the paper: no ramp
+    assert csc_ramp(0, 10) == pytest.approx(np.exp(-5.0))
+    assert csc_ramp(5, 10) == pytest.approx(np.exp(-1.25))
+    assert csc_ramp(10, 10) == 1.0 and csc_ramp(25, 10) == 1.0
+    # pseudo labels below the threshold are ignored, and only those
+    la = torch.zeros(1, 4, 2, 2)
+    lb = torch.zeros(1, 4, 2, 2)
+    la[0, 2, 0, 0] = 10.0                                             # confident person
+    lb[0, 1, 1, 1] = 1.0                                              # unsure car (p = 0.48)
+    lab = losses.pseudo_label(la, lb, threshold=0.9)
+    assert lab[0, 0, 0] == labels.PERSON and (lab[0].flatten()[1:] == 255).all()
+    assert losses.pseudo_label(la, lb)[0, 1, 1] == labels.CAR          # paper: every pixel
+    t = losses.csc_terms(la, lb, (2, 2), threshold=0.9)
+    ce_a = torch.nn.functional.cross_entropy(la[:, :, 0, 0], torch.tensor([labels.PERSON]))
+    assert torch.allclose(t['ce_a'], ce_a)
+    none = losses.csc_terms(torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2), (2, 2),
+                            threshold=0.9)
+    assert all(float(v) == 0.0 for v in none.values())
