@@ -47,7 +47,7 @@ def measure(root: str, out: str, overrides, steps: int, stage: int) -> float:
     tr = Trainer(cfg, out)
     tr.stage = stage
     batches = []
-    for vis, ir in tr._loader(tr.train_ds, train=True):
+    for vis, ir, _ in tr._loader(tr.train_ds, train=True):
         batches.append((vis, ir))
         if len(batches) == steps + 1:
             break

@@ -176,7 +176,7 @@ def test_synthetic_pairs_equal_the_source_pixels(tmp_path, rgb_enc, th_enc, stor
     assert [p.stem for p in found.pairs] == names and not found.vi_only and not found.ir_only
     check_pairs(found.pairs)  # the header check ssvif-train runs first (PIL reads float TIFF)
     ds = PairDataset(found.pairs, crop=0, train=False)
-    vis, ir = ds[0]
+    vis, ir, _ = ds[0]
     assert tuple(vis.shape) == (3, H, W) and tuple(ir.shape) == (3, H, W)
     assert 0.0 <= float(ir.min()) and float(ir.max()) <= 1.0 and float(ir.max()) > 0.5
 
@@ -254,7 +254,7 @@ def test_real_msrs_frames(tmp_path, msrs_dir):
         np.testing.assert_array_equal(got, ir16)
     assert report(out)['sizes'] == {'rgb': {'640x480': 3}, 'thermal': {'640x480': 3}}
     found = discover_pairs(vi=str(out / 'vi'), ir=str(out / 'ir'))
-    vis, ir = PairDataset(found.pairs, crop=160, train=True)[2]
+    vis, ir, _ = PairDataset(found.pairs, crop=160, train=True)[2]
     assert tuple(vis.shape) == (3, 160, 160) and tuple(ir.shape) == (3, 160, 160)
 
 

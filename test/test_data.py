@@ -42,7 +42,7 @@ def test_fmb_layout_16_bit_tiff_thermal_and_labels(tmp_path):
     rep = discover_pairs(str(tmp_path), layout='auto')
     assert len(rep.pairs) == 3 and all(p.label for p in rep.pairs)
     ds = PairDataset(rep.pairs, crop=16, train=True)
-    vis, ir = ds[0]
+    vis, ir, _ = ds[0]
     assert vis.shape == (3, 16, 16) and ir.shape == (3, 16, 16)
     assert 0.0 <= float(ir.min()) and float(ir.max()) <= 1.0
     assert float(ir.max()) > 0.9  # 16-bit percentile stretch uses the full range
@@ -75,7 +75,7 @@ def test_errors_name_the_path(tmp_path):
         check_pairs(rep.pairs)
     check_pairs(rep.pairs, resize='ir_to_vi')
     ds = PairDataset(rep.pairs, crop=0, train=False, resize='ir_to_vi')
-    vis, ir = ds[0]
+    vis, ir, _ = ds[0]
     assert vis.shape == ir.shape == (3, 30, 40)
     (tmp_path / 'vi' / 'b.png').write_bytes(b'garbage')
     write_pair(tmp_path, 'y', 'ir', 'b')
@@ -100,13 +100,14 @@ def test_real_msrs_crops_flips_reproducible_per_epoch(msrs_subset):
     cfg = load_config(None, [f'data.root={root}', 'data.crop=64'])
     train, val, rep = build_datasets(cfg)
     assert len(train) == 7 and len(val) == 1
-    v1, i1 = train[0]
-    v2, i2 = train[0]
+    v1, i1, _ = train[0]
+    v2, i2, _ = train[0]
     assert v1.shape == (3, 64, 64) and (v1 == v2).all() and (i1 == i2).all()
     train.set_epoch(1)
-    v3, _ = train[0]
+    v3, _, _ = train[0]
     assert not (v3 == v1).all()
     # the three thermal channels are identical (three-channel fusion input)
     assert (i1[0] == i1[1]).all() and (i1[1] == i1[2]).all()
-    vv, ii = val[0]
+    vv, ii, ll = val[0]
+    assert ll.shape == (480, 640) and (ll == 255).all()  # no labels: all ignored
     assert vv.shape == (3, 480, 640)
