@@ -39,7 +39,7 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
-# Reproduce the embedded default model (CPU, about 60 minutes on 2 cores; see doc/training.md):
+# Reproduce the embedded default model (CPU, about 60 minutes on 2 cores; doc/segmentation.md):
 # SSVIF with semantic classes on the MSRS train pairs with boxes plus unlabelled RoadScene pairs,
 # exported into ssvif_ros/models/default, then scored on the MSRS validation pairs beside the
 # model it replaces, the thermal rule and the max-luma rule, and timed beside the previous one.
