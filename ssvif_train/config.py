@@ -50,6 +50,7 @@ class DataConfig:
     box_core: float = 0.5        # box core ellipse (fraction of the half sizes) taken as object
     box_z_hot: float = 2.0       # box pixels this many SDs warmer than the surround are object
     extra: List[str] = field(default_factory=list)  # more dataset folders, training split only
+    object_crop: float = 0.0     # share of training crops centred near a labelled object
 
 
 @dataclass
@@ -62,7 +63,7 @@ class ModelConfig:
     num_classes: int = 15                         # n (paper appendix B-A: 15; msrs: 4..9)
     head_hidden: int = 64                         # channels of H's 3x3 convs
     head_padding: str = 'replicate'               # H's conv padding: replicate | zeros
-    segformer: str = 'b3'                         # S preset: b0 ... b5
+    segformer: str = 'b3'                         # S preset: b0 ... b5, tiny (CPU)
 
 
 @dataclass
@@ -136,7 +137,7 @@ _CHOICES = {
     'data.layout': ('auto', 'msrs', 'fmb', 'folders'),
     'data.resize': ('error', 'ir_to_vi', 'vi_to_ir'),
     'data.thermal_norm': ('auto', 'scale', 'fixed', 'percentile'),
-    'model.segformer': ('b0', 'b1', 'b2', 'b3', 'b4', 'b5'),
+    'model.segformer': ('b0', 'b1', 'b2', 'b3', 'b4', 'b5', 'tiny'),
     'weighting.method': ('gdwa', 'fixed', 'dwa', 'ucw'),
     'data.labels': ('auto', 'pixels', 'boxes', 'none'),
     'model.classes': ('clusters', 'msrs'),
@@ -227,6 +228,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f'train.monitor {cfg.train.monitor} needs model.classes msrs')
     if not 0.0 <= cfg.loss.csc_threshold < 1.0 or cfg.train.csc_ramp_epochs < 0:
         raise ConfigError('loss.csc_threshold must be in [0, 1) and train.csc_ramp_epochs >= 0')
+    if not 0.0 <= cfg.data.object_crop <= 1.0:
+        raise ConfigError(f'data.object_crop must be in [0, 1], got {cfg.data.object_crop}')
     if cfg.data.box_margin < 0 or not 0.0 <= cfg.data.box_core <= 1.0:
         raise ConfigError('data.box_margin must be >= 0 and data.box_core in [0, 1]')
     if not 0.0 <= cfg.data.val_fraction < 1.0:

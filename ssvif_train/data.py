@@ -222,13 +222,18 @@ class PairDataset:
     ``train=True``: random ``crop`` x ``crop`` crops and horizontal/vertical flips drawn from
     an RNG seeded by ``(seed, epoch, index)``, so an epoch is reproducible after a resume.
     ``train=False``: centre crop of ``crop`` (0 = whole image).
+    ``object_crop``: share of training crops of labelled pairs placed so that a random labelled
+    object (a box centre, or a pixel of an object class) lies inside: MSRS objects sit in a band
+    around the horizon, and most uniform 160 x 160 crops of a 640 x 480 frame hold none.
     Box files are parsed when the dataset is built, so a malformed one stops before training.
     """
 
     def __init__(self, pairs: List[Pair], crop: int, train: bool, seed: int = 0,
                  resize: str = 'error', norm: Optional[imaging.ThermalNorm] = None,
-                 cache: bool = True, labels: Optional[LabelSpec] = None):
+                 cache: bool = True, labels: Optional[LabelSpec] = None,
+                 object_crop: float = 0.0):
         self.pairs = list(pairs)
+        self.object_crop = float(object_crop)
         self.crop = int(crop)
         self.train = train
         self.seed = seed
@@ -304,6 +309,23 @@ class PairDataset:
             return lbl.map_pixel_labels(raw, p.label_ids, spec.num_classes)
         return np.full((h, w), lbl.IGNORE, dtype=np.uint8)
 
+    def _object_point(self, index: int, label: np.ndarray, rng) -> Optional[Tuple[int, int]]:
+        """(x, y) of a random labelled object of the pair at ``label``'s size, or None."""
+        h, w = label.shape[:2]
+        if self.kinds[index] == 'boxes':
+            boxes = self.boxes[index]
+            if not boxes:
+                return None
+            b = boxes[int(rng.integers(len(boxes)))]
+            return min(int(b.cx * w), w - 1), min(int(b.cy * h), h - 1)
+        if self.kinds[index] == 'pixels':
+            idx = np.flatnonzero((label > 0) & (label != lbl.IGNORE))
+            if idx.size == 0:
+                return None
+            k = int(idx[int(rng.integers(idx.size))])
+            return k % w, k // w
+        return None
+
     def view_boxes(self, index: int) -> Optional[List[lbl.Box]]:
         """The pair's boxes, normalized to what ``__getitem__`` returns (no random crops)."""
         boxes = self.boxes[index]
@@ -338,6 +360,12 @@ class PairDataset:
             if c > 0:
                 y0 = int(rng.integers(0, h - c + 1))
                 x0 = int(rng.integers(0, w - c + 1))
+                if self.object_crop > 0 and rng.random() < self.object_crop:
+                    obj = self._object_point(index, label, rng)
+                    if obj is not None:   # a crop that holds the point, offset at random
+                        ox, oy = obj
+                        x0 = min(max(ox - int(rng.integers(0, c)), 0), w - c)
+                        y0 = min(max(oy - int(rng.integers(0, c)), 0), h - c)
                 vis, ir = vis[y0:y0 + c, x0:x0 + c], ir[y0:y0 + c, x0:x0 + c]
                 label = label[y0:y0 + c, x0:x0 + c]
             if rng.random() < 0.5:
@@ -400,7 +428,8 @@ def build_datasets(cfg) -> Tuple[PairDataset, PairDataset, DiscoveryReport]:
     norm = imaging.ThermalNorm(d.thermal_norm, d.thermal_lo, d.thermal_hi, d.thermal_p_lo,
                                d.thermal_p_hi)
     spec = label_spec(cfg)
-    train = PairDataset(train_pairs, d.crop, True, d.seed, d.resize, norm, d.cache, spec)
+    train = PairDataset(train_pairs, d.crop, True, d.seed, d.resize, norm, d.cache, spec,
+                        d.object_crop)
     val = PairDataset(val_pairs, d.val_crop, False, d.seed, d.resize, norm, d.cache, spec)
     parts = [train]
     for i, root in enumerate(d.extra):
@@ -409,7 +438,7 @@ def build_datasets(cfg) -> Tuple[PairDataset, PairDataset, DiscoveryReport]:
         rep.extra.append(extra)
         # Their own seed stream: an extra folder must not replay the main split's crops.
         parts.append(PairDataset(extra.pairs, d.crop, True, d.seed + 7919 * (i + 1), d.resize,
-                                 norm, d.cache, spec))
+                                 norm, d.cache, spec, d.object_crop))
     if len(parts) > 1:
         return ConcatPairs(parts), val, rep
     return train, val, rep
