@@ -377,12 +377,6 @@ def run_live(args, cfg, model, out: Path, stems, scores_factory) -> Dict[str, An
     from ssvif_ros.bag_live import play, read_play_log
     from ssvif_ros.demo import dds_profile_path, ros_env, start_fusion_node, stop, tail
 
-    # Check the bag before starting anything (one line and exit 2 for a bad one).
-    reader = open_bag(args.bag)
-    try:
-        select_connections(reader, args.rgb_topic, args.thermal_topic)
-    finally:
-        reader.close()
     rec_bag = out / 'recorded'
     if rec_bag.exists():
         raise BagError(f'{rec_bag} already exists: use a new --out')
@@ -692,6 +686,12 @@ def run(args) -> int:
     if args.live and not args.rate > 0:
         raise BagError(f'--rate must be > 0, got {args.rate}')
     cfg, model = node_config(args.backend, args.model, parse_params(args.param))
+    # Check the bag before writing anything (one line and exit 2 for a bad one).
+    reader = open_bag(args.bag)
+    try:
+        select_connections(reader, args.rgb_topic, args.thermal_topic)
+    finally:
+        reader.close()
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
