@@ -191,14 +191,21 @@ def summarize(values: Sequence[float]) -> Dict[str, float]:
 
 
 def rate_series(times_s: Sequence[float], bin_s: float = 1.0) -> List[Tuple[float, float]]:
-    """Outputs per second in ``bin_s`` bins from the first output: ``[(bin start, Hz)]``."""
+    """Outputs per second in ``bin_s`` bins from the first output: ``[(bin start, Hz)]``.
+
+    The last bin is divided by the time it covers up to the last output (left out when that is
+    under half a bin, too short for a rate).
+    """
     if not len(times_s):
         return []
     t = np.asarray(times_s, np.float64)
     t = t - t.min()
     n = int(t.max() // bin_s) + 1
     counts = np.bincount((t // bin_s).astype(int), minlength=n)
-    return [(round(i * bin_s, 3), float(c) / bin_s) for i, c in enumerate(counts)]
+    widths = [bin_s] * n
+    widths[-1] = float(t.max() - (n - 1) * bin_s)
+    return [(round(i * bin_s, 3), float(c) / w) for i, (c, w) in enumerate(zip(counts, widths))
+            if w >= bin_s / 2]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -632,6 +639,8 @@ def write_plots(rep: Dict, scores: Scores, out: Path) -> None:
     series = rep['rate_hz']['per_second']
     if series:
         ax2.step([s[0] for s in series], [s[1] for s in series], where='post')
+    ax2.set_ylim(bottom=0)
+    ax1.set_ylim(bottom=0)
     ax2.set_ylabel('fused frames / s')
     ax2.set_xlabel('time since the first fused frame [s]')
     ax2.grid(alpha=0.3)
