@@ -314,7 +314,7 @@ def record(out: str, topics: Sequence[str] = RECORD_TOPICS, duration: float = 0.
            storage: str = 'mcap', ready_file: Optional[str] = None) -> Dict[str, int]:
     """Record until ``duration`` s have passed (0: until SIGINT/SIGTERM); return counts."""
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     use_package_dds_profile()
     from ssvif_ros.runtime import tune_malloc
@@ -339,7 +339,7 @@ def record(out: str, topics: Sequence[str] = RECORD_TOPICS, duration: float = 0.
                 if ready_file and not ready and rec.matched():
                     ready = True
                     Path(ready_file).write_text('ready\n')
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         signal.signal(signal.SIGTERM, old)

@@ -270,3 +270,40 @@ def test_make_play_node_record_live_eval(tmp_path, msrs_dir):
         assert m['reason']
     assert rep['boxes']['n_images'] == c['fused']
     assert (out / 'classes.png').stat().st_size > 1000
+
+
+def test_play_with_rate_and_remap_into_record(tmp_path, val4):
+    """Player and recorder as two processes: stamps kept, timing scaled, topic renamed."""
+    import signal
+    import time
+
+    from ssvif_ros.demo import ros_env
+    bag = make(val4, tmp_path / 'bag', '--rate', '10', '--count', '8')
+    env = ros_env()
+    rec_bag = tmp_path / 'rec'
+    rec = subprocess.Popen([sys.executable, '-m', 'ssvif_ros.bag_cli', 'record', '--out',
+                            str(rec_bag), '--topics', '/cam/rgb', '/thermal/image_raw'],
+                           env=env, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        play = subprocess.run([sys.executable, '-m', 'ssvif_ros.bag_cli', 'play', str(bag),
+                               '--rate', '2', '--remap', '/rgb/image_raw:=/cam/rgb',
+                               '--wait-subscribers', '20', '--log', str(tmp_path / 'log.csv')],
+                              env=env, capture_output=True, text=True, timeout=90, cwd=REPO)
+        assert play.returncode == 0, play.stderr
+        assert 'published 16 messages of 16' in play.stderr
+        time.sleep(1.0)
+    finally:
+        rec.send_signal(signal.SIGINT)
+        _, err = rec.communicate(timeout=20)
+    assert rec.returncode == 0, err
+    got = read_bag(rec_bag)
+    src = read_bag(bag)
+    assert sorted(got) == ['/cam/rgb', '/thermal/image_raw']
+    for topic, src_topic in (('/cam/rgb', '/rgb/image_raw'),
+                             ('/thermal/image_raw', '/thermal/image_raw')):
+        assert [stamp(m) for _, m in got[topic]] == [stamp(m) for _, m in src[src_topic]]
+        np.testing.assert_array_equal(got[topic][3][1].data, src[src_topic][3][1].data)
+    recv = np.array([t for t, _ in got['/cam/rgb']], np.float64)
+    gaps_ms = np.diff(recv) / 1e6  # recorded at 10 Hz, played at rate 2: 50 ms apart
+    assert 35 < np.median(gaps_ms) < 65, gaps_ms
+    assert recv[-1] - recv[0] > 0.3e9
