@@ -624,10 +624,23 @@ def report_markdown(rep: Dict) -> str:
 
 def write_plots(rep: Dict, scores: Scores, out: Path) -> None:
     """latency.png, metrics.png (matplotlib, Agg) and classes.png (the class-overlay strip)."""
+    plot_latency(rep, out / 'latency.png')
+    plot_metrics(rep, out / 'metrics.png')
+    from ssvif_ros.eval_cli import write_class_sheet
+    b = scores.backend
+    write_class_sheet(out / 'classes.png', scores.strip, b.class_names, b.palette)
+
+
+def _pyplot():
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    return plt
 
+
+def plot_latency(rep: Dict, path: Path) -> None:
+    """Latency per fused frame and fused frames per second over time, from a report dict."""
+    plt = _pyplot()
     rows = rep['frames']
     t = [r['t_s'] for r in rows]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 4.5), sharex=True)
@@ -638,28 +651,32 @@ def write_plots(rep: Dict, scores: Scores, out: Path) -> None:
     ax1.grid(alpha=0.3)
     series = rep['rate_hz']['per_second']
     if series:
-        ax2.step([s[0] for s in series], [s[1] for s in series], where='post')
-    ax2.set_ylim(bottom=0)
+        hz = [s[1] for s in series]
+        ax2.bar([s[0] for s in series], hz, width=0.9, align='edge', color='tab:green')
+        ax2.set_ylim(0, max(hz) * 1.2 + 1e-9)
     ax1.set_ylim(bottom=0)
     ax2.set_ylabel('fused frames / s')
-    ax2.set_xlabel('time since the first fused frame [s]')
+    ax2.set_xlabel('time since the first fused frame [s] (rate: per whole second)')
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / 'latency.png', dpi=80)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def plot_metrics(rep: Dict, path: Path) -> None:
+    """One histogram per fusion metric over the frames of a report dict."""
+    plt = _pyplot()
+    rows = rep['frames']
     fig, axes = plt.subplots(2, 4, figsize=(10, 4.2))
     for ax, m in zip(axes.ravel(), METRICS):
-        vals = [r[m] for r in rows if math.isfinite(r[m])]
+        vals = [r[m] for r in rows if r[m] is not None and math.isfinite(r[m])]
         ax.hist(vals, bins=min(20, max(3, len(vals) // 2)), color='tab:blue')
         ax.set_title(m, fontsize=9)
         ax.tick_params(labelsize=7)
     fig.suptitle(f'fusion metrics per frame ({len(rows)} frames)', fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / 'metrics.png', dpi=80)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
-    from ssvif_ros.eval_cli import write_class_sheet
-    b = scores.backend
-    write_class_sheet(out / 'classes.png', scores.strip, b.class_names, b.palette)
 
 
 # ---------------------------------------------------------------------------------------------
