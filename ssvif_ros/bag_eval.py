@@ -39,9 +39,10 @@ visible and thermal images the backend saw) are given per frame and summarized. 
 (:class:`ssvif_ros.labels.BoxScorer`), the stem of each stamp coming from the bag's
 ``frames.csv`` (written by ``ssvif-bag make``).
 
-A bag cut short (an MCAP without footer, a damaged sqlite file) is evaluated up to the cut: the
-output bag and report are written with ``status: truncated`` and where it stopped, and the
-command prints one error line and exits 2. Other unusable input also exits 2 (nothing is left
+A bag cut short (an MCAP without footer, a storage error part way) is evaluated up to the cut:
+the output bag and report are written with ``status: truncated`` and where it stopped, and the
+command prints one error line and exits 2 (a cut sqlite3 file cannot be opened at all: one
+error line, exit 2, nothing written). Other unusable input also exits 2 (nothing is left
 half-written); a live run in which the node published nothing exits 1.
 """
 from __future__ import annotations

@@ -210,6 +210,17 @@ def test_truncated_mcap_keeps_outputs_and_says_where_it_stopped(tmp_path, msrs_s
     assert 'cut short' in (out / 'report.md').read_text()
 
 
+def test_truncated_sqlite_bag_is_refused_in_one_line(tmp_path, val4):
+    """sqlite cannot open a cut .db3 at all (malformed): nothing to keep, one line, exit 2."""
+    bag = make(val4, tmp_path / 'bag', '--storage', 'sqlite3')
+    db = next(bag.glob('*.db3'))
+    db.write_bytes(db.read_bytes()[:int(db.stat().st_size * 0.6)])
+    out = tmp_path / 'eval'
+    one_line_error(run_cli('eval', bag, '--out', out, '--backend', 'maxluma'), 'malformed',
+                   str(db.name))
+    assert not out.exists()
+
+
 def test_bad_input_is_one_line_exit_2(tmp_path, val4):
     one_line_error(run_cli('eval', tmp_path / 'nope', '--out', tmp_path / 'o'), 'not found')
     junk = tmp_path / 'junk.db3'
