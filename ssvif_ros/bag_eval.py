@@ -532,10 +532,12 @@ def build_report(args, res: Dict[str, Any], out: Path, mode: str, cfg, model) ->
     rates = rate_series([r['t_s'] for r in rows])
     status = 'truncated' if inputs.stopped else 'complete'
     backend = res['backend']
+    diag = (res['node'] or {}).get('diagnostics') or {}
     return {
         'tool': PROG, 'mode': mode, 'status': status, 'stopped': inputs.where(),
         'bag': os.path.abspath(args.bag), 'out': str(out), 'output_bag': res['output_bag'],
-        'backend': backend.describe(), 'model': model or '(none)',
+        'backend': diag.get('backend_info', backend.describe()),
+        'model': diag.get('model', model or '(none)'),
         'semantic_classes': list(backend.class_names) if backend.semantic else None,
         'options': {'rgb_topic': args.rgb_topic, 'thermal_topic': args.thermal_topic,
                     'slop': cfg.slop, 'queue_size': cfg.queue_size,
@@ -690,7 +692,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument('--out', required=True, help='report folder')
     ap.add_argument('--live', action='store_true', help='play into a running fusion_node')
     ap.add_argument('--node-running', action='store_true',
-                    help='--live: use a fusion_node already running in this ROS domain')
+                    help='--live: use a fusion_node already running in this ROS domain (give '
+                    'its --backend/--model/--param too: the metrics redo its pre-processing and '
+                    'the strip uses its class names; its counters include earlier input)')
     ap.add_argument('--rate', type=float, default=1.0, help='--live: playback speed factor')
     ap.add_argument('--backend', default='onnxruntime', help='backend (as the node parameter)')
     ap.add_argument('--model', default='', help="model; '' = the embedded default model")

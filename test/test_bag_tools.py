@@ -318,3 +318,35 @@ def test_play_with_rate_and_remap_into_record(tmp_path, val4):
     gaps_ms = np.diff(recv) / 1e6  # recorded at 10 Hz, played at rate 2: 50 ms apart
     assert 35 < np.median(gaps_ms) < 65, gaps_ms
     assert recv[-1] - recv[0] > 0.3e9
+
+
+def test_play_loop_repeats_until_interrupted(tmp_path, val4):
+    import signal
+    import time
+
+    from ssvif_ros.demo import ros_env
+    bag = make(val4, tmp_path / 'bag', '--rate', '10')
+    env = ros_env()
+    rec = subprocess.Popen([sys.executable, '-m', 'ssvif_ros.bag_cli', 'record', '--out',
+                            str(tmp_path / 'rec'), '--topics', '/rgb/image_raw'],
+                           env=env, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    play = subprocess.Popen([sys.executable, '-m', 'ssvif_ros.bag_cli', 'play', str(bag),
+                             '--loop', '--rate', '4', '--topics', '/rgb/image_raw',
+                             '--wait-subscribers', '20'],
+                            env=env, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and not (tmp_path / 'rec').exists():
+            time.sleep(0.1)
+        time.sleep(3.0)  # a round is 4 frames at 40 Hz: 0.1 s
+    finally:
+        play.send_signal(signal.SIGINT)
+        _, play_err = play.communicate(timeout=20)
+        time.sleep(0.5)
+        rec.send_signal(signal.SIGINT)
+        _, rec_err = rec.communicate(timeout=20)
+    assert play.returncode == 130 and 'interrupted' in play_err and 'Traceback' not in play_err
+    assert rec.returncode == 0, rec_err
+    stamps = [stamp(m) for _, m in read_bag(tmp_path / 'rec')['/rgb/image_raw']]
+    src = [stamp(m) for _, m in read_bag(bag)['/rgb/image_raw']]
+    assert len(stamps) >= 3 * len(src) and set(stamps) == set(src)
