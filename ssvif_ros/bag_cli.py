@@ -26,7 +26,9 @@ VERBS = ('make', 'play', 'record', 'eval', 'extract')
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``ssvif-bag`` with one sub-parser per verb (``extract`` is forwarded)."""
     from ssvif_ros import bag_eval, bag_live, bag_make
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split('\n\n')[0])
+    ap = argparse.ArgumentParser(
+        prog=PROG, description='The bag tools under one command (pure-Python rosbags, no '
+        'rosbag2): make, play, record, eval, extract.')
     sub = ap.add_subparsers(dest='verb', metavar='VERB', required=True)
     bag_make.add_arguments(sub.add_parser('make', help='build a bag from vi/ and ir/ folders'))
     bag_live.add_play_arguments(sub.add_parser('play', help='publish a bag with rclpy'))
