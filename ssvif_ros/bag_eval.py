@@ -42,8 +42,10 @@ visible and thermal images the backend saw) are given per frame and summarized. 
 A bag cut short (an MCAP without footer, a storage error part way) is evaluated up to the cut:
 the output bag and report are written with ``status: truncated`` and where it stopped, and the
 command prints one error line and exits 2 (a cut sqlite3 file cannot be opened at all: one
-error line, exit 2, nothing written). Other unusable input also exits 2 (nothing is left
-half-written); a live run in which the node published nothing exits 1.
+error line, exit 2, nothing written). Ctrl-C during an offline run stops after the pair in
+hand and writes the report (``status: interrupted``) and the output bag so far; exit 130.
+Other unusable input also exits 2 (nothing is left half-written); a live run in which the node
+published nothing exits 1.
 """
 from __future__ import annotations
 
@@ -231,6 +233,7 @@ class InputPass:
         self.pairer = ApproxTimePairer(cfg.slop, cfg.queue_size, cfg.reset_after,
                                        names=STREAM_NAMES, record_drops=True)
         self.first_bag_ns: Optional[int] = None
+        self.interrupted = False
 
     def __iter__(self):
         reader = open_bag(self.bag)
@@ -306,6 +309,29 @@ class InputPass:
 # Offline
 
 
+class _StopOnSigint:
+    """While alive, SIGINT only sets ``requested`` (main thread; elsewhere a no-op)."""
+
+    def __init__(self):
+        import signal
+        self.requested = False
+        self._old = None
+        try:
+            self._old = signal.signal(signal.SIGINT, self._on_signal)
+        except ValueError:  # not the main thread: Ctrl-C stays a KeyboardInterrupt
+            pass
+
+    def _on_signal(self, *_):
+        self.requested = True
+
+    def restore(self) -> None:
+        """Put the previous SIGINT handler back."""
+        import signal
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+
 def run_offline(args, cfg, model, out: Path, stems, scores_factory) -> Dict[str, Any]:
     """Pair, fuse and score the bag in this process; write the output bag ``out/fused``."""
     from rosbags.rosbag2 import StoragePlugin, Writer
@@ -328,8 +354,11 @@ def run_offline(args, cfg, model, out: Path, stems, scores_factory) -> Dict[str,
     paired, failed, n_pairs = [], {}, 0
     bar = tqdm(desc=PROG, unit='pair', file=sys.stderr,
                disable=args.quiet or not sys.stderr.isatty())
+    stop = _StopOnSigint()  # Ctrl-C ends the run after the pair in hand: bag and report agree
     try:
         for rgb_msg, th_msg, t_bag in inputs:
+            if stop.requested:
+                raise KeyboardInterrupt
             if scores is None:
                 scores = scores_factory(backend, min(inputs.in_bag.values()))
             n_pairs += 1
@@ -354,7 +383,11 @@ def run_offline(args, cfg, model, out: Path, stems, scores_factory) -> Dict[str,
             scores.add(stamp, th_stamp, vis, ir, fused8, ids,
                        (t_bag - inputs.first_bag_ns) / 1e9, proc_ns / 1e6)
             bar.update(1)
+    except KeyboardInterrupt:  # keep what is fused: the bag is closed and the report written
+        inputs.interrupted = True
+        inputs.stopped = {'file': args.bag, 'reason': 'interrupted by the user'}
     finally:
+        stop.restore()
         bar.close()
         writer.close()
     if scores is None:
@@ -437,6 +470,9 @@ def run_live(args, cfg, model, out: Path, stems, scores_factory) -> Dict[str, An
     scores = None
     paired, n_pairs = [], 0
     t_first = min((o[0] for o in outputs.values()), default=0)
+    from tqdm import tqdm
+    bar = tqdm(total=len(outputs), desc=f'{PROG}: scoring', unit='frame', file=sys.stderr,
+               disable=args.quiet or not sys.stderr.isatty())
     for rgb_msg, th_msg, _ in inputs:
         if scores is None:
             scores = scores_factory(backend, min(inputs.in_bag.values()))
@@ -455,6 +491,8 @@ def run_live(args, cfg, model, out: Path, stems, scores_factory) -> Dict[str, An
         if ids is None:
             ids = np.zeros(fused8.shape[:2], np.uint8)
         scores.add(stamp, th_stamp, vis, ir, fused8, ids, (recv_ns - t_first) / 1e9, lat)
+        bar.update(1)
+    bar.close()
     if scores is None:
         scores = scores_factory(backend, 0)
     inputs.finish(paired)
@@ -530,7 +568,8 @@ def build_report(args, res: Dict[str, Any], out: Path, mode: str, cfg, model) ->
             m['note'] = 'its thermal frame is not in the bag'
     latency = summarize([r['latency_ms'] for r in rows])
     rates = rate_series([r['t_s'] for r in rows])
-    status = 'truncated' if inputs.stopped else 'complete'
+    status = ('interrupted' if inputs.interrupted else 'truncated' if inputs.stopped
+              else 'complete')
     backend = res['backend']
     diag = (res['node'] or {}).get('diagnostics') or {}
     return {
@@ -576,8 +615,9 @@ def report_markdown(rep: Dict) -> str:
              f'Bag `{rep["bag"]}`; backend {rep["backend"]}, model `{rep["model"]}`; '
              f'status **{rep["status"]}**.']
     if rep['stopped']:
-        lines += ['', f'**The bag is cut short:** {rep["stopped"]}. Everything below covers the '
-                  'frames before that point.']
+        what = 'Interrupted' if rep['status'] == 'interrupted' else 'The bag is cut short'
+        lines += ['', f'**{what}:** {rep["stopped"]}. Everything below covers the frames '
+                  'before that point.']
     lines += ['', '| Input RGB | Input thermal | Pairs (pairing class) | Fused | RGB not fused |',
               '|---|---|---|---|---|',
               f'| {c["rgb_frames"]} | {c["thermal_frames"]} | {c["pairs"]} | {c["fused"]} | '
@@ -749,7 +789,7 @@ def run(args) -> int:
     if rep['stopped']:
         print(f'{PROG}: error: {rep["stopped"]}; the report and output bag cover the frames '
               'before it', file=sys.stderr)
-        return 2
+        return 130 if rep['status'] == 'interrupted' else 2
     return 0 if c['fused'] else 1
 
 

@@ -350,3 +350,26 @@ def test_play_loop_repeats_until_interrupted(tmp_path, val4):
     stamps = [stamp(m) for _, m in read_bag(tmp_path / 'rec')['/rgb/image_raw']]
     src = [stamp(m) for _, m in read_bag(bag)['/rgb/image_raw']]
     assert len(stamps) >= 3 * len(src) and set(stamps) == set(src)
+
+
+def test_ctrl_c_keeps_the_fused_frames_and_writes_the_report(tmp_path, msrs_subset):
+    import signal
+    import time
+    src = msrs_subset(12, split='val', name='val12')
+    bag = make(src, tmp_path / 'bag', '--rate', '10')
+    out = tmp_path / 'eval'
+    proc = subprocess.Popen([sys.executable, '-m', 'ssvif_ros.bag_cli', 'eval', str(bag),
+                             '--out', str(out), '--quiet'], stderr=subprocess.PIPE, text=True,
+                            cwd=REPO)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out / 'fused').exists():
+        time.sleep(0.05)
+    time.sleep(1.0)  # a few of the 12 pairs (about 0.5 s each with the metrics)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert 'Traceback' not in err and 'interrupted by the user' in err
+    rep = json.loads((out / 'report.json').read_text())
+    assert rep['status'] == 'interrupted'
+    fused = read_bag(out / 'fused')['/fused/image']
+    assert 1 <= len(fused) == rep['counts']['fused'] < 12
