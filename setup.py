@@ -32,6 +32,7 @@ setup(
             'ssvif-eval = ssvif_ros.eval_cli:main',
             'ssvif-bench = ssvif_ros.bench_cli:main',
             'ssvif-fuse = ssvif_ros.fuse_cli:main',
+            'ssvif-bag = ssvif_ros.bag_cli:main',
             'ssvif-bag-extract = ssvif_ros.bag_extract:main',
             'fusion_node = ssvif_ros.fusion_node:main',
             'pair_publisher = ssvif_ros.tools.pair_publisher:main',

@@ -546,7 +546,7 @@ def _run(args, reader) -> int:
     bar = tqdm(total=total, desc=PROG, unit='msg', disable=args.quiet, file=sys.stderr)
     code = 0
     try:
-        for conn, t_bag, raw in _messages(reader, conns, lo, hi, args.bag):
+        for conn, t_bag, raw in read_messages(reader, conns, lo, hi, args.bag):
             bar.update(1)
             stream = stream_of[conn.topic]
             ext.messages[STREAM_NAMES[stream]] += 1
@@ -590,7 +590,7 @@ def _run(args, reader) -> int:
     return code
 
 
-def _messages(reader, conns, lo: Optional[int], hi: Optional[int], bag: str):
+def read_messages(reader, conns, lo: Optional[int], hi: Optional[int], bag: str):
     """reader.messages(), with storage errors (a truncated or corrupt file) as ExtractError."""
     it = reader.messages(connections=conns, start=lo, stop=hi)
     while True:

@@ -1,11 +1,17 @@
-"""End-to-end demo (``make demo``): fusion node + image publisher + recorder, three processes.
+"""End-to-end demo (``make demo``): a bag replayed through the fusion node, with a report.
 
-``python -m ssvif_ros.demo`` starts ``fusion_node`` (the embedded default model unless
-``--backend``/``--model`` say otherwise), publishes the MSRS validation pairs from
-``../shared/data/msrs/val`` at 30 Hz from a separate ``pair_publisher`` process, and records what
-the node publishes: the first fused images, class-id masks and colour masks as PNG, and the
-end-to-end latency (receive time minus the input stamp) of every message, written to
-``<out>/latency.json`` and printed. Takes about 15 s plus start-up.
+``python -m ssvif_ros.demo`` takes the rosbag replay path (:mod:`ssvif_ros.bag_cli`): it builds
+a bag from the MSRS validation pairs of ``../shared/data/msrs/val`` (``ssvif-bag make``,
+``--rate`` Hz for ``--seconds``, cycling through the 25 pairs, 2 ms thermal stamp jitter), then
+``ssvif-bag eval --live`` starts ``fusion_node`` (the embedded default model unless
+``--backend``/``--model`` say otherwise), records its outputs in another process, plays the bag
+into it and writes ``<out>/replay/report.md`` (+ ``report.json``, plots, the recorded bag);
+finally ``<out>/classes.png``, the class overlay contact sheet. About a minute here.
+
+``--direct`` runs the earlier three-process path instead: a ``pair_publisher`` process streams
+the pairs stamped with the wall clock and an in-process recorder saves the first fused images,
+class-id masks and colour masks as PNG and the end-to-end latency (receive time minus the input
+stamp) of every message to ``<out>/latency.json``.
 
 Without the MSRS data (or with ``--synthetic``) the publisher generates a synthetic night road
 scene (:func:`ssvif_ros.tools.pair_publisher.synthetic_scene`): a dim visible image in which
@@ -159,7 +165,9 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument('--synthetic', action='store_true', help='use the synthetic scene')
     p.add_argument('--out', default=str(REPO_ROOT / 'out' / 'demo'), help='output folder')
     p.add_argument('--rate', type=float, default=30.0, help='pairs per second')
-    p.add_argument('--seconds', type=float, default=10.0, help='how long to publish')
+    p.add_argument('--seconds', type=float, default=4.0, help='how long to publish')
+    p.add_argument('--direct', action='store_true',
+                   help='publish with pair_publisher instead of replaying a bag')
     p.add_argument('--save', type=int, default=25, help='images to save per output topic')
     p.add_argument('--overlay-alpha', type=float, default=0.5,
                    help='blend of class colours over the fused image (segmentation_color)')
@@ -168,11 +176,60 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the demo; return the exit code."""
-    from ssvif_ros.tools.fused_recorder import OUTPUT_TOPICS
-
     args = _parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if not args.direct:
+        return replay(args, out)
+    return direct(args, out)
+
+
+def replay(args: argparse.Namespace, out: Path) -> int:
+    """The bag path: ssvif-bag make, then ssvif-bag eval --live; then the class sheet."""
+    import shutil
+
+    from ssvif_ros.bag_cli import main as bag
+    from ssvif_ros.tools.pair_publisher import write_synthetic_folder
+
+    t0 = time.monotonic()
+    data = Path(args.data) if args.data else default_msrs_val()
+    if args.synthetic or not (data / 'vi').is_dir():
+        if not args.synthetic:
+            print(f'demo: MSRS pairs not found in {data}; using the synthetic scene')
+        data = write_synthetic_folder(out / 'synthetic', 60)
+        msrs = None
+    else:
+        msrs = data
+    count = max(1, int(round(args.rate * args.seconds)))
+    bag_dir, report = out / 'bag', out / 'replay'
+    shutil.rmtree(report, ignore_errors=True)
+    print(f'demo: ssvif-bag make: {count} pairs of {data} at {args.rate:g} Hz -> {bag_dir}')
+    code = bag(['make', '--vi', str(data / 'vi'), '--ir', str(data / 'ir'), '--out', str(bag_dir),
+                '--overwrite', '--rate', str(args.rate), '--count', str(count),
+                '--jitter-ms', '2'])
+    if code:
+        return code
+    cmd = ['eval', str(bag_dir), '--live', '--out', str(report), '--backend', args.backend,
+           '--param', f'overlay_alpha:={float(args.overlay_alpha)}']
+    if args.model:
+        cmd += ['--model', args.model]
+    if (data / 'boxes').is_dir():
+        cmd += ['--boxes', str(data / 'boxes')]
+    print('demo: ssvif-bag ' + ' '.join(cmd))
+    code = bag(cmd)
+    if (report / 'report.md').is_file():
+        print('\n' + '\n'.join((report / 'report.md').read_text().splitlines()[:14]) + '\n')
+    sheet = class_sheet(args.backend, args.model, out / 'classes.png', msrs)
+    if sheet:
+        print(f'class overlay contact sheet: {sheet}')
+    print(f'demo: report {report / "report.md"}; {time.monotonic() - t0:.0f} s')
+    return code
+
+
+def direct(args: argparse.Namespace, out: Path) -> int:
+    """The publisher path: pair_publisher -> fusion_node -> in-process recorder."""
+    from ssvif_ros.tools.fused_recorder import OUTPUT_TOPICS
+
     env = ros_env()
     os.environ.update({k: env[k] for k in (
         'RMW_IMPLEMENTATION', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID',

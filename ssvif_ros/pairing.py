@@ -20,7 +20,10 @@ Policy of :class:`ApproxTimePairer` ("newest complete pair wins", built for low 
 * A second frame with a stamp already queued on the same stream replaces the queued one (reason
   ``duplicate``).
 
-Every dropped frame is counted by reason, per stream (:meth:`ApproxTimePairer.stats`).
+Every dropped frame is counted by reason, per stream (:meth:`ApproxTimePairer.stats`). With
+``record_drops=True`` the pairer also remembers which frames it dropped (stream, stamp, reason),
+read with :meth:`ApproxTimePairer.take_dropped`: tools that replay a recording use this to say
+why a given stamp never came out; the node does not (it only counts).
 
 Compared with message_filters' Python ``ApproximateTimeSynchronizer`` (ros2/message_filters,
 ``src/message_filters/__init__.py``): both match a new message greedily to the closest stamp on
@@ -68,7 +71,7 @@ class ApproxTimePairer:
     """
 
     def __init__(self, slop: float, queue_size: int = 5, reset_after: float = 1.0,
-                 names: Sequence[str] = ('a', 'b')):
+                 names: Sequence[str] = ('a', 'b'), record_drops: bool = False):
         if len(names) != 2:
             raise ValueError(f'exactly two stream names are needed, got {list(names)}')
         self._names = tuple(str(n) for n in names)
@@ -80,6 +83,8 @@ class ApproxTimePairer:
         self._pairs = 0
         self._resets = 0
         self._drops: Dict[Tuple[int, str], int] = {}
+        self._record = bool(record_drops)
+        self._dropped: List[Tuple[int, int, str]] = []
         self._slop_ns = 0
         self._queue_size = 1
         self._reset_ns = 1
@@ -127,12 +132,12 @@ class ApproxTimePairer:
                 self._newest[stream] = stamp_ns
             last = self._last_pair[stream]
             if last is not None and stamp_ns <= last:
-                self._count(stream, 'late')
+                self._count(stream, 'late', stamps=(stamp_ns,))
                 return None
             queue = self._queues[stream]
             i = bisect.bisect_left(queue, stamp_ns, key=lambda e: e[0])
             if i < len(queue) and queue[i][0] == stamp_ns:
-                self._count(stream, 'duplicate')
+                self._count(stream, 'duplicate', stamps=(stamp_ns,))
                 queue[i] = (stamp_ns, item)
             else:
                 queue.insert(i, (stamp_ns, item))
@@ -170,12 +175,26 @@ class ApproxTimePairer:
                 'drops': {f'{self._names[s]}.{r}': n for (s, r), n in sorted(self._drops.items())},
             }
 
+    def take_dropped(self) -> List[Tuple[int, int, str]]:
+        """``(stream, stamp_ns, reason)`` of each frame dropped since the last call.
+
+        Empty unless the pairer was made with ``record_drops=True``. A ``duplicate`` entry names
+        the stamp whose earlier frame was replaced.
+        """
+        with self._lock:
+            out, self._dropped = self._dropped, []
+            return out
+
     # -- internals, called with the lock held ------------------------------------------------
 
-    def _count(self, stream: int, reason: str, n: int = 1) -> None:
+    def _count(self, stream: int, reason: str, n: Optional[int] = None,
+               stamps: Sequence[int] = ()) -> None:
+        n = len(stamps) if n is None else n
         if n > 0:
             key = (stream, reason)
             self._drops[key] = self._drops.get(key, 0) + n
+            if self._record:
+                self._dropped += [(stream, int(t), reason) for t in stamps]
 
     def _closest(self, stream: int, stamp_ns: int) -> Optional[int]:
         """Index of the queued frame closest to ``stamp_ns`` within the slop (ties: newer)."""
@@ -195,19 +214,19 @@ class ApproxTimePairer:
         """Remove the frame stamped ``stamp_ns`` and count every older one as superseded."""
         queue = self._queues[stream]
         i = bisect.bisect_right(queue, stamp_ns, key=lambda e: e[0])
-        self._count(stream, 'superseded', i - 1)
+        self._count(stream, 'superseded', stamps=[e[0] for e in queue[:max(i - 1, 0)]])
         del queue[:i]
 
     def _trim(self, stream: int) -> None:
         queue = self._queues[stream]
         extra = len(queue) - self._queue_size
         if extra > 0:
-            self._count(stream, 'queue_overflow', extra)
+            self._count(stream, 'queue_overflow', stamps=[e[0] for e in queue[:extra]])
             del queue[:extra]
 
     def _reset(self) -> None:
         for s in (0, 1):
-            self._count(s, 'time_reset', len(self._queues[s]))
+            self._count(s, 'time_reset', stamps=[e[0] for e in self._queues[s]])
             self._queues[s].clear()
             self._last_pair[s] = None
             self._newest[s] = None

@@ -33,3 +33,11 @@ def test_tools_and_onnxruntime_backend_do_not_import_torch():
 def test_imaging_is_light():
     mods = _modules_after('import ssvif_ros.imaging')
     assert not {'torch', 'cv2', 'rclpy', 'skimage'} & mods
+
+
+def test_bag_tools_import_neither_rclpy_nor_torch_until_they_talk_to_ros():
+    """ssvif-bag's parser, bag writer and report code load without ROS or torch."""
+    mods = _modules_after('import ssvif_ros.bag_cli, ssvif_ros.bag_make, ssvif_ros.bag_eval, '
+                          'ssvif_ros.bag_live\n'
+                          'ssvif_ros.bag_cli.build_parser()')
+    assert not {'rclpy', 'torch'} & mods

@@ -227,3 +227,34 @@ def test_thread_safety_under_concurrent_producers():
     for pair in pairs:
         assert pair.items[0][1] == pair.items[1][1]  # only true partners (stamps 33 ms apart)
     assert max(st['queued'].values()) <= 5
+
+
+def test_record_drops_names_every_dropped_frame():
+    """take_dropped lists each dropped stamp once, and agrees with the counters."""
+    ms = 1_000_000
+    rng = random.Random(3)
+    p = ApproxTimePairer(slop=0.004, queue_size=3, reset_after=0.5, names=('rgb', 'thermal'),
+                         record_drops=True)
+    paired, dropped = set(), []
+    events = []
+    for i in range(200):
+        t = i * 33 * ms
+        events.append((0, t))
+        if rng.random() > 0.2:  # thermal frames go missing, jitter up to 6 ms
+            events.append((1, t + rng.randint(-6, 6) * ms))
+    events.append((0, 10 * ms))  # a jump back: resets pairing
+    for stream, t in events:
+        pair = p.add(stream, t, None)
+        if pair is not None:
+            paired.update({(0, pair.stamps[0]), (1, pair.stamps[1])})
+        dropped += p.take_dropped()
+    stats = p.stats()
+    by_reason = {}
+    for s, _, reason in dropped:
+        key = f'{("rgb", "thermal")[s]}.{reason}'
+        by_reason[key] = by_reason.get(key, 0) + 1
+    assert by_reason == stats['drops']
+    assert 'thermal.superseded' in by_reason or 'rgb.superseded' in by_reason
+    assert not {(s, t) for s, t, _ in dropped} & paired
+    assert p.take_dropped() == []
+    assert ApproxTimePairer(0.01).take_dropped() == []

@@ -46,10 +46,21 @@ def list_pairs(folder) -> List[Tuple[Path, Path]]:
     occurs in both.
     """
     folder = Path(folder)
-    vi_dir, ir_dir = folder / 'vi', folder / 'ir'
-    for d in (vi_dir, ir_dir):
+    for d in (folder / 'vi', folder / 'ir'):
         if not d.is_dir():
             raise FileNotFoundError(f'paired image folder {folder} has no {d.name}/ subfolder')
+    return list_pairs_in(folder / 'vi', folder / 'ir')
+
+
+def list_pairs_in(vi_dir, ir_dir) -> List[Tuple[Path, Path]]:
+    """``(vi, ir)`` image files with the same name in two folders, sorted by name.
+
+    Raises FileNotFoundError naming the folder at fault.
+    """
+    vi_dir, ir_dir = Path(vi_dir), Path(ir_dir)
+    for d in (vi_dir, ir_dir):
+        if not d.is_dir():
+            raise FileNotFoundError(f'image folder not found: {d}')
     ir_names = {p.name for p in ir_dir.iterdir()}
     pairs = [(p, ir_dir / p.name) for p in sorted(vi_dir.iterdir())
              if p.suffix.lower() in imaging.IMAGE_EXTENSIONS and p.name in ir_names]
