@@ -482,7 +482,16 @@ class Feeder:
         from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import Image
         import threading
-        os.environ['ROS_DOMAIN_ID'] = str(NODE_DOMAIN)
+        # Fast DDS reads its profile once per process: a participant created here without the
+        # package's SHM profile left later in-process tests (640x480 images) with the 0.5 MiB
+        # default segment. The environment is restored in close().
+        keys = ('ROS_DOMAIN_ID', 'FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE',
+                'RMW_IMPLEMENTATION', 'ROS_AUTOMATIC_DISCOVERY_RANGE')
+        self._saved_env = {k: os.environ.get(k) for k in keys}
+        os.environ.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)
+        os.environ.update(ROS_DOMAIN_ID=str(NODE_DOMAIN), RMW_IMPLEMENTATION='rmw_fastrtps_cpp',
+                          ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
+                          FASTDDS_DEFAULT_PROFILES_FILE=str(REPO / 'config' / 'fastdds_shm.xml'))
         self.rclpy = rclpy
         self.ctx = rclpy.Context()
         rclpy.init(args=[], context=self.ctx, signal_handler_options=SignalHandlerOptions.NO)
@@ -538,6 +547,11 @@ class Feeder:
         self.executor.shutdown()
         self.node.destroy_node()
         self.rclpy.try_shutdown(context=self.ctx)
+        for k, v in self._saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture
