@@ -286,8 +286,10 @@ def test_a_bad_model_card_is_a_start_up_error(tmp_path, pairs_dir, change, words
 
 
 def test_a_card_with_other_class_names_and_palette_is_accepted(tmp_path, pairs_dir):
-    names = ['background', 'car', 'person', 'bike'] + [f'c{i}' for i in range(11)]
-    model = model_copy(tmp_path, class_names=names, palette=[[i, 255 - i, 7] for i in range(15)])
+    import json
+    n = json.loads((DEFAULT_MODEL / 'model.json').read_text())['num_classes']
+    names = [f'my_class_{i}' for i in range(n)]
+    model = model_copy(tmp_path, class_names=names, palette=[[i, 255 - i, 7] for i in range(n)])
     res = fuse(pairs_dir, tmp_path / 'out', '--model', model)
     assert res.returncode == 0, res.stderr[-2000:]
 
