@@ -14,7 +14,7 @@ node's inputs (``rgb/image_raw``, ``thermal/image_raw``, ``rgb/camera_info``); o
 under ``namespace``. With ``respawn`` (default true) launch restarts the node 2 s after it
 exits, which it does with status 1 when its inference worker died. The node process gets the
 packaged Fast DDS shared-memory profile (``dds_profile``); camera drivers publishing large
-images need it too (see the README).
+images need it too (see doc/node.md).
 """
 import os
 

@@ -12,7 +12,7 @@ pairs/s (1 / median); peak RSS is the child's ``ru_maxrss``. ``--rate HZ`` start
 at a camera's pace instead of back to back, as the node runs them (the cores idle between
 calls, which changes wake-up and cache effects and so the tail). With ``--compare`` both models are
 measured in the same invocation and the ratios (compare / model) printed. Targets belong here
-and in the README, never in tests.
+and in doc/deployment.md and doc/node.md, never in tests.
 """
 from __future__ import annotations
 

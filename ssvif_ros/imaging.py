@@ -9,7 +9,7 @@ image means the same thing everywhere. Conventions:
 * Colour space: ITU-R BT.601 full-range YCbCr (the JPEG convention used by SeAFusion, SwinFusion
   and the MSRS tools): ``Y = 0.299 R + 0.587 G + 0.114 B``, ``Cb = 0.5 + 0.564 (B - Y)``,
   ``Cr = 0.5 + 0.713 (R - Y)``.
-* Thermal normalization (:func:`normalize_thermal`), documented in the README:
+* Thermal normalization (:func:`normalize_thermal`), documented in doc/training.md:
 
   - ``scale``: divide by the dtype's full scale (uint8 / 255, uint16 / 65535);
   - ``fixed``: ``(t - lo) / (hi - lo)`` clipped to [0, 1] (counts or degrees, e.g. 32FC1);

@@ -48,7 +48,7 @@ and visible RGB images, ``deltaE_ciede2000`` per pixel (kL = kC = kH = 1), mean 
 The SSVIF paper (table II: EN, MI, VIF, Qabf, SSIM, MS-SSIM, ΔE) does not publish its evaluation
 code; compare its numbers with the convention whose definitions match, and state which one you
 used. The table of every metric and convention follows (also returned by
-:func:`conventions_markdown` for the README).
+:func:`conventions_markdown` for doc/evaluation.md).
 
 Segmentation
 ------------
