@@ -93,10 +93,10 @@ def time_torch(module, height: int, width: int, threads: int, runs: int) -> floa
     ir = torch.rand(1, 3, height, width)
     times = []
     with torch.inference_mode():
-        module.fusion(ir, vis)
+        module.fusion(vis, ir)
         for _ in range(runs):
             t0 = time.perf_counter()
-            module.fusion(ir, vis)
+            module.fusion(vis, ir)
             times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 

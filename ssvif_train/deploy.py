@@ -47,7 +47,7 @@ class FusionSegGraph(nn.Module):
 
     def forward(self, vis: torch.Tensor, ir: torch.Tensor):
         """vis, ir N x 3 x H x W -> fused N x 3 x H x W, ids N x H x W uint8 [, logits]."""
-        fused, feats = self.fusion.forward_with_features(ir, vis)
+        fused, feats = self.fusion.forward_with_features(vis, ir)
         size = vis.shape[-2:]
         if self.head is None:
             ids = torch.zeros_like(vis[:, 0], dtype=torch.uint8)        # N x H x W

@@ -1,6 +1,6 @@
 """SSVIF losses (paper section III-D). Every function returns unweighted, named terms.
 
-Fusion terms (inputs ``fused``, ``ir``, ``vis``: N x 3 x H x W in [0, 1]; ``ir`` is the thermal
+Fusion terms (inputs ``fused``, ``vis``, ``ir``: N x 3 x H x W in [0, 1]; ``ir`` is the thermal
 image repeated to three channels):
 
 * ``int``   = mean |I_f - max(I_ir, I_vis)| over pixels and channels (the 1/HW l1 of eq. 3,
@@ -8,7 +8,7 @@ image repeated to three channels):
 * ``grad``  = mean | |S(I_f)| - max(|S(I_ir)|, |S(I_vis)|) |, with |S(I)| = |G_x| + |G_y| from
   unnormalized 3x3 Sobel kernels per channel (the SeAFusion/SwinFusion convention), replicate
   border;
-* ``ssim``  = mean over j in {ir, vis} of (1 - SSIM(I_f, I_j)): pytorch-msssim, 11x11 Gaussian
+* ``ssim``  = mean over j in {vis, ir} of (1 - SSIM(I_f, I_j)): pytorch-msssim, 11x11 Gaussian
   window, sigma 1.5, data range 1, averaged over channels;
 * ``color`` = mean over c in {Cb, Cr} of mean |I_f^c - I_vis^c| (BT.601 YCbCr from
   :mod:`ssvif_ros.imaging`).
@@ -52,11 +52,11 @@ def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
     return g[:, :, 0].abs() + g[:, :, 1].abs()  # g: N x C x 2 x H x W
 
 
-def fusion_terms(fused: torch.Tensor, ir: torch.Tensor,
-                 vis: torch.Tensor) -> Dict[str, torch.Tensor]:
+def fusion_terms(fused: torch.Tensor, vis: torch.Tensor,
+                 ir: torch.Tensor) -> Dict[str, torch.Tensor]:
     """Unweighted fusion loss terms ``int``, ``grad``, ``ssim``, ``color`` (scalars)."""
     from pytorch_msssim import ssim
-    target = torch.maximum(ir, vis)
+    target = torch.maximum(vis, ir)
     l_int = (fused - target).abs().mean()
     gf = sobel_magnitude(fused)
     g_max = torch.maximum(sobel_magnitude(ir), sobel_magnitude(vis))

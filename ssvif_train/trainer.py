@@ -99,18 +99,18 @@ class SSVIFNet(nn.Module):
                                 cfg.model.head_hidden, cfg.model.head_padding)
             self.seg = SegFormerSeg(cfg.model.segformer, cfg.model.num_classes)
 
-    def fuse(self, ir: torch.Tensor, vis: torch.Tensor):
+    def fuse(self, vis: torch.Tensor, ir: torch.Tensor):
         """Fused RGB N x 3 x H x W and seg features, padding to the model's multiple."""
         h, w = vis.shape[-2:]
         m = self.fusion.pad_multiple
         if self.three_channel:
-            ir_in, vis_in = ir, vis
+            vis_in, ir_in = vis, ir
         else:
             ir_in = ir[:, :1]                                        # N x 1 x H x W
             vis_in = imaging.rgb_to_gray(vis, channel_axis=1)[:, None]  # N x 1 x H x W
         ir_p, pad = imaging.pad_to_multiple(ir_in, m)
         vis_p, _ = imaging.pad_to_multiple(vis_in, m)
-        fused, feats = self.fusion.forward_with_features(ir_p, vis_p)
+        fused, feats = self.fusion.forward_with_features(vis_p, ir_p)
         fused = imaging.unpad(fused, pad)[..., :h, :w]
         if not self.three_channel:
             # Single-channel ablation: the fused luma takes the visible image's chroma.
@@ -119,9 +119,9 @@ class SSVIFNet(nn.Module):
             fused = imaging.ycbcr_to_rgb(ycc, channel_axis=1).clamp(0.0, 1.0)
         return fused, feats
 
-    def forward(self, ir: torch.Tensor, vis: torch.Tensor, stage2: bool):
+    def forward(self, vis: torch.Tensor, ir: torch.Tensor, stage2: bool):
         """Return (fused, logits_a or None, logits_b or None)."""
-        fused, feats = self.fuse(ir, vis)
+        fused, feats = self.fuse(vis, ir)
         if not stage2 or self.head is None:
             return fused, None, None
         return fused, self.head(feats), self.seg(fused)
@@ -318,9 +318,9 @@ class Trainer:
         nosync = self.model.no_sync() if self.distributed else contextlib.nullcontext()
         with nosync, torch.autocast(self.device.type, dtype=self.amp_dtype,
                                     enabled=self.use_amp):
-            fused, logits_a, logits_b = self.model(ir, vis, stage2)
+            fused, logits_a, logits_b = self.model(vis, ir, stage2)
         fused = fused.float()
-        f_terms = losses.fusion_terms(fused, ir, vis)
+        f_terms = losses.fusion_terms(fused, vis, ir)
         l_fusion = losses.weighted_fusion(f_terms, self.lambdas)
         # scaler.scale() also initialises the scaler's state that scaler.step() checks.
         scaled = self.scaler.scale(l_fusion)
@@ -399,8 +399,8 @@ class Trainer:
         index = 0
         for vis, ir, label in self._loader(self.val_ds, train=False):
             vis, ir = vis.to(self.device), ir.to(self.device)
-            fused, feats = self.net.fuse(ir, vis)
-            lf = losses.weighted_fusion(losses.fusion_terms(fused.float(), ir, vis),
+            fused, feats = self.net.fuse(vis, ir)
+            lf = losses.weighted_fusion(losses.fusion_terms(fused.float(), vis, ir),
                                         self.lambdas)
             total += float(lf) * vis.shape[0]
             count += vis.shape[0]

@@ -14,7 +14,7 @@ def const(v, h=16, w=16):
 
 
 def test_intensity_term_is_l1_to_the_elementwise_max():
-    t = losses.fusion_terms(const(0.5), const(0.2), const(0.7))
+    t = losses.fusion_terms(const(0.5), const(0.7), const(0.2))
     assert float(t['int']) == pytest.approx(0.2, abs=1e-6)
 
 
@@ -53,9 +53,9 @@ def test_colour_term_compares_cb_cr_with_the_visible_image():
     y = 0.299 * 0.7
     cb = 0.5 + (0.0 - y) * 0.5 / (1 - 0.114)
     cr = 0.5 + (0.7 - y) * 0.5 / (1 - 0.299)
-    t = losses.fusion_terms(fused, const(0.2), vis)
+    t = losses.fusion_terms(fused, vis, const(0.2))
     assert float(t['color']) == pytest.approx(0.5 * (abs(0.5 - cb) + abs(0.5 - cr)), abs=1e-6)
-    assert float(losses.fusion_terms(vis, const(0.2), vis)['color']) == 0.0
+    assert float(losses.fusion_terms(vis, vis, const(0.2))['color']) == 0.0
 
 
 def test_weighted_fusion_uses_the_lambdas():
@@ -104,5 +104,5 @@ def test_csc_brings_branches_to_the_image_resolution_and_averages():
 def test_colour_term_uses_the_imaging_module_conversion():
     x = torch.rand(1, 3, 16, 16)
     ycc = imaging.rgb_to_ycbcr(x, channel_axis=1)
-    t = losses.fusion_terms(x, x, torch.zeros_like(x) + 0.5)
+    t = losses.fusion_terms(x, torch.zeros_like(x) + 0.5, x)
     assert float(t['color']) == pytest.approx(float((ycc[:, 1:] - 0.5).abs().mean()), abs=1e-6)

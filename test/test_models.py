@@ -34,7 +34,7 @@ def _pair(n, h, w, seed=0):
     g = torch.Generator().manual_seed(seed)
     vis = torch.rand(n, 3, h, w, generator=g)
     ir = torch.rand(n, 1, h, w, generator=g).repeat(1, 3, 1, 1)  # thermal repeated to 3 ch
-    return ir, vis
+    return vis, ir
 
 
 def _small(name, **extra):
@@ -61,12 +61,12 @@ def test_default_parameter_count(name):
 @pytest.mark.parametrize('size', [(70, 90), (16, 24)])
 def test_shapes_and_range_after_padding(name, size):
     model = _small(name)
-    ir, vis = _pair(2, *size)
+    vis, ir = _pair(2, *size)
     m = model.pad_multiple
     ir_p, pad = imaging.pad_to_multiple(ir, m)
     vis_p, _ = imaging.pad_to_multiple(vis, m)
     with torch.no_grad():
-        fused = model(ir_p, vis_p)
+        fused = model(vis_p, ir_p)
     assert fused.shape == vis_p.shape
     assert vis_p.shape[-2] % m == 0 and vis_p.shape[-1] % m == 0
     assert imaging.unpad(fused, pad).shape == vis.shape
@@ -79,36 +79,36 @@ def test_default_swinfusion_runs_on_odd_size():
     torch.manual_seed(0)
     model = registry.create_model('swinfusion').eval()
     assert model.pad_multiple == 8 and model.feature_channels == 60
-    ir, vis = _pair(1, 13, 21)
+    vis, ir = _pair(1, 13, 21)
     with torch.no_grad():
-        fused, feats = model.forward_with_features(ir, vis)
+        fused, feats = model.forward_with_features(vis, ir)
     assert fused.shape == (1, 3, 13, 21) and feats.shape == (1, 60, 13, 21)
     assert 0.0 <= fused.min() and fused.max() <= 1.0
 
 
 def test_rtfusion_rejects_unpadded_size():
     model = _small('rtfusion')
-    ir, vis = _pair(1, 70, 90)
+    vis, ir = _pair(1, 70, 90)
     with pytest.raises(ValueError, match='multiples of 8'):
-        model(ir, vis)
+        model(vis, ir)
 
 
 @pytest.mark.parametrize('name', NAMES)
 def test_single_channel_config(name):
     model = _small(name, channels=1)
-    ir, vis = _pair(1, 16, 24)
+    vis, ir = _pair(1, 16, 24)
     with torch.no_grad():
-        fused = model(ir[:, :1], vis[:, :1])
+        fused = model(vis[:, :1], ir[:, :1])
     assert fused.shape == (1, 1, 16, 24)
 
 
 @pytest.mark.parametrize('name', NAMES)
 def test_features_feed_seg_head(name):
     model = _small(name)
-    ir, vis = _pair(2, 32, 48)
+    vis, ir = _pair(2, 32, 48)
     with torch.no_grad():
-        fused, feats = model.forward_with_features(ir, vis)
-        assert torch.allclose(fused, model(ir, vis))
+        fused, feats = model.forward_with_features(vis, ir)
+        assert torch.allclose(fused, model(vis, ir))
         assert feats.ndim == 4 and feats.shape[:2] == (2, model.feature_channels)
         logits = SegHead(model.feature_channels, num_classes=5, hidden=8).eval()(feats)
     assert logits.shape == (2, 5) + feats.shape[-2:]
@@ -118,8 +118,8 @@ def test_features_feed_seg_head(name):
 def test_gradients_reach_every_parameter(name):
     model = _small(name).train()
     head = SegHead(model.feature_channels, num_classes=4, hidden=8).train()
-    ir, vis = _pair(2, 32, 32, seed=1)
-    fused, feats = model.forward_with_features(ir, vis)
+    vis, ir = _pair(2, 32, 32, seed=1)
+    fused, feats = model.forward_with_features(vis, ir)
     logits = F.interpolate(head(feats), size=(32, 32), mode='bilinear', align_corners=False)
     labels = torch.randint(0, 4, (2, 32, 32), generator=torch.Generator().manual_seed(2))
     loss = (fused - torch.maximum(ir, vis)).abs().mean() + F.cross_entropy(logits, labels)
@@ -139,9 +139,9 @@ def test_checkpoint_round_trip(name, tmp_path):
     assert type(loaded) is type(model)
     assert loaded.model_name == name and loaded.model_config == SMALL[name]
     assert not loaded.training
-    ir, vis = _pair(1, 24, 32)
+    vis, ir = _pair(1, 24, 32)
     with torch.no_grad():
-        assert torch.equal(loaded(ir, vis), model(ir, vis))
+        assert torch.equal(loaded(vis, ir), model(vis, ir))
 
 
 def test_bad_configurations_are_named():
@@ -162,10 +162,10 @@ def _export(model, path, h, w):
             self.model = model
 
         def forward(self, vis, ir):
-            return self.model.forward_with_features(ir, vis)
+            return self.model.forward_with_features(vis, ir)
 
     axes = {0: 'n', 2: 'h', 3: 'w'}
-    ir, vis = _pair(1, h, w)
+    vis, ir = _pair(1, h, w)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         torch.onnx.export(Wrapper().eval(), (vis, ir), str(path), dynamo=False, opset_version=17,
@@ -186,9 +186,9 @@ def test_onnx_export_dynamic_size(name, tmp_path):
     sess = ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])
     sizes = [(2 * m, 3 * m), (5 * m, 2 * m)] if m > 1 else [(17, 23), (30, 11)]
     for h, w in sizes:
-        ir, vis = _pair(1, h, w, seed=h)
+        vis, ir = _pair(1, h, w, seed=h)
         with torch.no_grad():
-            ref_fused, ref_feats = model.forward_with_features(ir, vis)
+            ref_fused, ref_feats = model.forward_with_features(vis, ir)
         fused, feats = sess.run(None, {'vis': vis.numpy(), 'ir': ir.numpy()})
         assert fused.shape == tuple(ref_fused.shape) and feats.shape == tuple(ref_feats.shape)
         np.testing.assert_allclose(fused, ref_fused.numpy(), atol=1e-4, rtol=0)
@@ -201,8 +201,8 @@ def test_rtfusion_zero_residual_is_max_luma():
     with torch.no_grad():
         model.head_out.weight.zero_()
         model.head_out.bias.zero_()
-        ir, vis = _pair(1, 24, 32, seed=5)
-        fused = imaging.nchw_to_hwc(model(ir, vis))
+        vis, ir = _pair(1, 24, 32, seed=5)
+        fused = imaging.nchw_to_hwc(model(vis, ir))
     ref = imaging.max_luma_fusion(imaging.nchw_to_hwc(vis), imaging.nchw_to_hwc(ir))
     eps = model.eps
     np.testing.assert_allclose(fused, np.clip(ref, eps, 1.0 - eps), atol=1e-5)
@@ -211,9 +211,9 @@ def test_rtfusion_zero_residual_is_max_luma():
 @pytest.mark.parametrize('stride', [8, 4])
 def test_rtfusion_seg_feature_stride(stride):
     model = _small('rtfusion', seg_stride=stride)
-    ir, vis = _pair(1, 48, 64)
+    vis, ir = _pair(1, 48, 64)
     with torch.no_grad():
-        fused, feats = model.forward_with_features(ir, vis)
+        fused, feats = model.forward_with_features(vis, ir)
         logits = SegHead(model.feature_channels, num_classes=3, hidden=8).eval()(feats)
     assert fused.shape == vis.shape
     assert feats.shape == (1, SMALL['rtfusion']['widths'][{8: 2, 4: 1}[stride]], 48 // stride,
@@ -268,7 +268,7 @@ def test_constant_frames_give_finite_output_and_gradients(name, value):
     model = _small(name).train()
     ir = torch.full((2, 3, 16, 16), value)
     vis = torch.full((2, 3, 16, 16), value)
-    fused, feats = model.forward_with_features(ir, vis)
+    fused, feats = model.forward_with_features(vis, ir)
     assert torch.isfinite(fused).all() and torch.isfinite(feats).all()
     assert 0.0 <= fused.min() and fused.max() <= 1.0
     (fused.mean() + feats.mean()).backward()
@@ -279,7 +279,7 @@ def test_constant_frames_give_finite_output_and_gradients(name, value):
 def test_fusion_loss_alone_reaches_every_parameter(name):
     # Stage I trains F with the fusion loss only (DDP without find_unused_parameters).
     model = _small(name).train()
-    ir, vis = _pair(2, 32, 32, seed=4)
-    (model(ir, vis) - torch.maximum(ir, vis)).abs().mean().backward()
+    vis, ir = _pair(2, 32, 32, seed=4)
+    (model(vis, ir) - torch.maximum(ir, vis)).abs().mean().backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert not dead

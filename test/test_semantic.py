@@ -164,7 +164,7 @@ def test_one_supervised_step_reaches_every_parameter_of_h_and_s(msrs_boxes, tmp_
     tr = Trainer(cfg, str(tmp_path / 'run'))
     vis, ir, lab = next(iter(tr._loader(tr.train_ds, train=True)))
     assert (lab != 255).any()
-    fused, la, lb = tr.net(ir, vis, True)
+    fused, la, lb = tr.net(vis, ir, True)
     sup = losses.supervised_total(losses.supervised_terms(la, lb, lab))
     for name, mod in (('H', tr.net.head), ('S', tr.net.seg), ('F', tr.net.fusion)):
         params = [p for p in mod.parameters() if p.requires_grad]

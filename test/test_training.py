@@ -67,8 +67,8 @@ def test_two_epochs_on_real_msrs_reach_stage_two_and_reload(msrs_subset, tmp_pat
     trainer = Trainer(cfg, str(out), resume=True)
     trainer.net.eval()
     with torch.no_grad():
-        a = model(it, vt)
-        b = trainer.net.fusion(it, vt)
+        a = model(vt, it)
+        b = trainer.net.fusion(vt, it)
     assert torch.equal(a, b)
     assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
 

@@ -1,6 +1,6 @@
 """The fusion-model interface SSVIF trains: F = D o B with fused features exposed.
 
-Every fusion model takes ``(ir, vis)`` float tensors N x 3 x H x W in [0, 1] (the thermal image
+Every fusion model takes ``(vis, ir)`` float tensors N x 3 x H x W in [0, 1] (the thermal image
 expanded to three channels, paper appendix B-B) and returns the fused RGB image N x 3 x H x W in
 [0, 1]. ``backbone`` produces the fused features (any structure the decoder needs, e.g. a list of
 skip tensors); ``seg_features`` picks the single tensor N x C x h x w the segmentation head H reads
@@ -19,8 +19,8 @@ class FusionModel(nn.Module):
     feature_channels: int = 0
     pad_multiple: int = 1
 
-    def backbone(self, ir: torch.Tensor, vis: torch.Tensor):
-        """B(ir, vis) -> fused features."""
+    def backbone(self, vis: torch.Tensor, ir: torch.Tensor):
+        """B(vis, ir) -> fused features."""
         raise NotImplementedError
 
     def decoder(self, feats) -> torch.Tensor:
@@ -31,11 +31,11 @@ class FusionModel(nn.Module):
         """The fused feature map N x C x h x w fed to the segmentation head."""
         return feats
 
-    def forward_with_features(self, ir: torch.Tensor, vis: torch.Tensor):
+    def forward_with_features(self, vis: torch.Tensor, ir: torch.Tensor):
         """Return ``(fused, seg_features)`` from one backbone pass."""
-        feats = self.backbone(ir, vis)
+        feats = self.backbone(vis, ir)
         return self.decoder(feats), self.seg_features(feats)
 
-    def forward(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
-        """F(ir, vis) = D(B(ir, vis)): the fused image."""
-        return self.decoder(self.backbone(ir, vis))
+    def forward(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        """F(vis, ir) = D(B(vis, ir)): the fused image."""
+        return self.decoder(self.backbone(vis, ir))

@@ -196,8 +196,8 @@ class RTFusion(FusionModel):
             luma = torch.full((c,), 1.0 / c)
         self.register_buffer('luma', luma.reshape(1, c, 1, 1).float(), persistent=False)
 
-    def backbone(self, ir: torch.Tensor, vis: torch.Tensor):
-        """(ir, vis) N x c x H x W (H, W multiples of 8) -> dict of tensors.
+    def backbone(self, vis: torch.Tensor, ir: torch.Tensor):
+        """(vis, ir) N x c x H x W (H, W multiples of 8) -> dict of tensors.
 
         ``seg``: the seg features (N x widths[2] x H/8 x W/8 encoder output, or with
         ``seg_stride=4`` the N x widths[1] x H/4 x W/4 decoder map); ``y``: N x head_width x
@@ -206,9 +206,9 @@ class RTFusion(FusionModel):
         """
         h, w = vis.shape[-2], vis.shape[-1]
         if not _is_exporting() and (h % STRIDE or w % STRIDE or ir.shape != vis.shape):
-            raise ValueError(f'rtfusion needs ir and vis of equal size with H and W multiples '
+            raise ValueError(f'rtfusion needs vis and ir of equal size with H and W multiples '
                              f'of {STRIDE} (pad with ssvif_ros.imaging.pad_to_multiple); got '
-                             f'ir {tuple(ir.shape)}, vis {tuple(vis.shape)}')
+                             f'vis {tuple(vis.shape)}, ir {tuple(ir.shape)}')
         e1 = self.enc1(F.relu(self.stem_vis(vis) + self.stem_ir(ir)))      # N x w1 x H/2 x W/2
         e2 = self.enc2(self.down2(e1))                                      # N x w2 x H/4 x W/4
         e3 = self.enc3(self.down3(e2))                                      # N x w3 x H/8 x W/8

@@ -7,7 +7,7 @@ Architecture (widths at the defaults ``width=16``, ``widths=[16, 32, 48]``):
 * a GRDB adds two paths: a dense path (3x3 conv, concatenation, 3x3 conv, concatenation, 1x1
   conv) and a gradient path (fixed depthwise Sobel magnitude ``|Gx| + |Gy|`` and a 1x1 conv),
   followed by LeakyReLU 0.1;
-* fusion by concatenation of the two 48-channel maps: the fused features B(ir, vis) are
+* fusion by concatenation of the two 48-channel maps: the fused features B(vis, ir) are
   N x 96 x H x W (``feature_channels`` = 96);
 * decoder: three 3x3 conv + LeakyReLU 0.2 (96 -> 64 -> 32 -> 16) and a 3x3 conv to
   ``channels`` with ``tanh(x) / 2 + 0.5``, so the output lies in [0, 1] (as the reference).
@@ -113,8 +113,8 @@ class SeAFusion(FusionModel):
         layers.append(nn.Conv2d(cin, channels, 3, padding=1))
         self.decode = nn.Sequential(*layers)
 
-    def backbone(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
-        """(ir, vis) N x c x H x W -> fused features N x 2*widths[-1] x H x W (vis first)."""
+    def backbone(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        """(vis, ir) N x c x H x W -> fused features N x 2*widths[-1] x H x W (vis first)."""
         return torch.cat([self.vis_encoder(vis), self.ir_encoder(ir)], dim=1)
 
     def decoder(self, feats: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ reference's infrared-visible configuration):
    (intra-domain), then ``d`` cross-domain blocks in which the visible tokens query the
    infrared tokens' keys/values and vice versa (shifted windows on odd blocks); LayerNorm per
    modality, concatenation and a 3x3 conv (2C -> C) + LeakyReLU give the fused features
-   B(ir, vis): N x C x H x W (``feature_channels`` = C = 60);
+   B(vis, ir): N x C x H x W (``feature_channels`` = C = 60);
 4. reconstruction D: ``re_depth`` = 4 Swin blocks, LayerNorm, 3x3 convs C -> C/2 -> C/4
    (LeakyReLU 0.2) -> ``channels``, then ``tanh(x) / 2 + 0.5`` so the output lies in [0, 1]
    (the reference returns the raw conv output; a bounded output suits the [0, 1] images here).
@@ -284,8 +284,8 @@ class SwinFusion(FusionModel):
             nn.init.trunc_normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
 
-    def backbone(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
-        """(ir, vis) N x c x H x W -> fused features N x C x H x W (any H, W)."""
+    def backbone(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        """(vis, ir) N x c x H x W -> fused features N x C x H x W (any H, W)."""
         h, w = vis.shape[-2], vis.shape[-1]
         ws = self.window_size
         a = self.shallow_vis(_pad_to_window(vis, ws)).permute(0, 2, 3, 1)   # N x Hp x Wp x C
