@@ -37,15 +37,15 @@ if str(REPO) not in sys.path:
 
 def build_wrapper(name: str, num_classes: int, head_hidden: int, seg: str, cfg: dict = None):
     """Return (wrapper module, fusion params, head params) for registered model ``name``."""
-    from ssvif_train.deploy import FusionSegGraph
     from ssvif_train.models.registry import create_model
     from ssvif_train.models.segmentation import SegHead
+    from ssvif_train.network import SSVIFNet
 
     fusion = create_model(name, **(cfg or {})).eval()
     head = SegHead(fusion.feature_channels, num_classes, head_hidden).eval()
     n_f = sum(p.numel() for p in fusion.parameters())
     n_h = sum(p.numel() for p in head.parameters())
-    return FusionSegGraph(fusion, head, num_classes, seg).eval(), n_f, n_h
+    return SSVIFNet(fusion, head).for_export(seg), n_f, n_h
 
 
 def export_onnx(module, path: str, height: int, width: int) -> None:

@@ -45,7 +45,7 @@ def measure(root: str, out: str, overrides, steps: int, stage: int) -> float:
     from ssvif_train.trainer import Trainer
     cfg = load_config(None, [f'data.root={root}', 'train.progress=false'] + overrides)
     tr = Trainer(cfg, out)
-    tr.stage = stage
+    tr.schedule.stage = stage
     batches = []
     for vis, ir, _ in tr._loader(tr.train_ds, train=True):
         batches.append((vis, ir))

@@ -1,7 +1,8 @@
 """The deployed graph: fusion model F plus segmentation head H, from a training checkpoint.
 
-``FusionSegGraph(vis, ir) -> (fused, class_ids[, logits])`` is the one definition of what the
-ONNX export, the torch backend and the benchmarks run:
+The graph is :class:`ssvif_train.network.SSVIFNet` (the module training uses) switched to its
+deployed interface, ``graph(vis, ir) -> (fused, class_ids[, logits])``: the one definition of what
+the ONNX export, the torch backend and the benchmarks run:
 
 * inputs ``vis``, ``ir``: N x 3 x H x W float32 in [0, 1] (thermal repeated to 3 channels, as
   :func:`ssvif_ros.imaging.preprocess_pair` makes them), H and W multiples of the model's
@@ -18,51 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
-from torch import nn
-import torch.nn.functional as tf
 
-from ssvif_train.models.registry import record_to_model_checked, torch_load_checked
-from ssvif_train.models.segmentation import SegHead
-
-SEG_UPSAMPLE = ('bilinear', 'nearest')
-
-
-class FusionSegGraph(nn.Module):
-    """F + H as one module; see the module docstring for tensors and shapes."""
-
-    def __init__(self, fusion: nn.Module, head: Optional[SegHead], num_classes: int,
-                 seg_upsample: str = 'bilinear', with_logits: bool = False):
-        super().__init__()
-        if seg_upsample not in SEG_UPSAMPLE:
-            raise ValueError(f'seg_upsample must be one of {SEG_UPSAMPLE}, got {seg_upsample!r}')
-        self.fusion = fusion
-        self.head = head
-        self.num_classes = num_classes if head is not None else 1
-        self.seg_upsample = seg_upsample
-        self.with_logits = with_logits
-        self.pad_multiple = int(getattr(fusion, 'pad_multiple', 1))
-
-    def forward(self, vis: torch.Tensor, ir: torch.Tensor):
-        """vis, ir N x 3 x H x W -> fused N x 3 x H x W, ids N x H x W uint8 [, logits]."""
-        fused, feats = self.fusion.forward_with_features(vis, ir)
-        size = vis.shape[-2:]
-        if self.head is None:
-            ids = torch.zeros_like(vis[:, 0], dtype=torch.uint8)        # N x H x W
-            logits = torch.zeros_like(vis[:, :1])                       # N x 1 x H x W
-        else:
-            logits = self.head(feats)                                   # N x n x h x w
-            if self.seg_upsample == 'bilinear':
-                up = tf.interpolate(logits, size=size, mode='bilinear', align_corners=False)
-                ids = up.argmax(1).to(torch.uint8)                      # N x H x W
-            else:
-                low = logits.argmax(1, keepdim=True).float()            # N x 1 x h x w
-                ids = tf.interpolate(low, size=size, mode='nearest')[:, 0].to(torch.uint8)
-        if self.with_logits:
-            return fused, ids, logits
-        return fused, ids
+from ssvif_train.models.registry import atomic_torch_save, torch_load_checked
+from ssvif_train.network import SSVIFNet
 
 
 def file_sha256(path) -> str:
@@ -75,7 +37,7 @@ def file_sha256(path) -> str:
 
 
 def load_graph(path, seg_upsample: str = 'bilinear',
-               with_logits: bool = False) -> Tuple[FusionSegGraph, dict]:
+               with_logits: bool = False) -> Tuple[SSVIFNet, dict]:
     """Build the eval-mode F + H graph from a training checkpoint (``weights_only=True``).
 
     Returns ``(graph, ckpt_info)`` where ``ckpt_info`` has the config, digest and file hash.
@@ -85,23 +47,7 @@ def load_graph(path, seg_upsample: str = 'bilinear',
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path}')
     ckpt = torch_load_checked(path)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('fusion'), dict):
-        raise ValueError(f'{path} is not an ssvif training checkpoint (no "fusion" entry)')
-    fusion = record_to_model_checked(ckpt['fusion'], path)
-    head = None
-    num_classes = 1
-    if ckpt.get('head'):
-        h = ckpt['head']
-        try:
-            head = SegHead(h['in_channels'], h['num_classes'], h['hidden'],
-                           h.get('padding_mode', 'zeros'))
-            head.load_state_dict(h['state_dict'])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ValueError(f'checkpoint {path}: its segmentation head does not rebuild: '
-                             f'{first}') from None
-        num_classes = h['num_classes']
-    graph = FusionSegGraph(fusion, head, num_classes, seg_upsample, with_logits).eval()
+    graph = SSVIFNet.from_checkpoint(ckpt, path).for_export(seg_upsample, with_logits)
     info = {'config': ckpt.get('config', {}), 'config_digest': ckpt.get('config_digest', ''),
             'checkpoint': os.path.abspath(path), 'checkpoint_sha256': file_sha256(path),
             'model_name': ckpt['fusion']['model_name'],
@@ -115,7 +61,6 @@ def write_deploy_checkpoint(src, dst) -> None:
 
     Drops SegFormer S, the optimizer and the training state, which only training needs.
     """
-    from ssvif_train.models.registry import atomic_torch_save
     ckpt = torch.load(src, map_location='cpu', weights_only=True)
     keep = {k: ckpt[k] for k in ('format', 'fusion', 'head', 'config', 'config_digest')
             if k in ckpt}

@@ -7,9 +7,9 @@ import torch
 
 from ssvif_ros import imaging
 from ssvif_ros.backends import create_backend
-from ssvif_train.deploy import FusionSegGraph
 from ssvif_train.models.registry import create_model
 from ssvif_train.models.segmentation import SegHead
+from ssvif_train.network import SSVIFNet
 
 
 def graph(padding, seg_stride=4):
@@ -21,7 +21,7 @@ def graph(padding, seg_stride=4):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
-    return FusionSegGraph(f, h, 4, 'bilinear', with_logits=True).eval()
+    return SSVIFNet(f, h).for_export('bilinear', with_logits=True)
 
 
 def constant_pair(h, w, v, t):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from ssvif_ros import imaging
 from ssvif_train.models import registry
 from ssvif_train.models.segmentation import SegHead
+from ssvif_train.network import SSVIFNet
 
 # Small configurations keep the suite fast; defaults are used for the parameter counts.
 SMALL = {
@@ -112,6 +113,25 @@ def test_features_feed_seg_head(name):
         assert feats.ndim == 4 and feats.shape[:2] == (2, model.feature_channels)
         logits = SegHead(model.feature_channels, num_classes=5, hidden=8).eval()(feats)
     assert logits.shape == (2, 5) + feats.shape[-2:]
+
+
+@pytest.mark.parametrize('three_channel', [True, False])
+def test_training_and_deployed_interfaces_of_one_net_agree(three_channel):
+    # SSVIFNet pads inside while training; deployed, it runs on inputs the backends padded.
+    model = _small('rtfusion', channels=3 if three_channel else 1)
+    head = SegHead(model.feature_channels, num_classes=5, hidden=8).eval()
+    net = SSVIFNet(model, head, three_channel=three_channel).eval()
+    vis, ir = _pair(1, 30, 44)
+    with torch.no_grad():
+        fused, feats = net.fuse(vis, ir)
+        vis_p, pad = imaging.pad_to_multiple(vis, net.pad_multiple)
+        ir_p, _ = imaging.pad_to_multiple(ir, net.pad_multiple)
+        d_fused, ids, logits = net.for_export('bilinear', with_logits=True)(vis_p, ir_p)
+        assert torch.allclose(logits, head(feats))
+    assert fused.shape == vis.shape and d_fused.shape == vis_p.shape
+    assert torch.allclose(imaging.unpad(d_fused, pad), fused, atol=1e-6)
+    assert ids.dtype == torch.uint8 and ids.shape == (1,) + vis_p.shape[-2:]
+    assert int(ids.max()) < 5
 
 
 @pytest.mark.parametrize('name', NAMES)

@@ -201,22 +201,22 @@ def test_stage_two_selects_on_validation_box_f1(msrs_boxes, tmp_path):
     assert best['state']['stage'] == 2 and best['state']['epoch'] == 3
     assert best['head']['classes'] == 'msrs' and best['head']['padding_mode'] == 'replicate'
     tr = Trainer(load_config(str(out / 'config.json')), str(out), resume=True)
-    assert tr.monitor_name(1) == 'fusion' and tr.monitor_name(2) == 'box_f1'
-    assert tr.best_val == -float(rows[2]['val_box_f1'])
+    assert tr.schedule.monitor_name(1) == 'fusion' and tr.schedule.monitor_name(2) == 'box_f1'
+    assert tr.schedule.best_val == -float(rows[2]['val_box_f1'])
 
 
 def test_early_stopping_never_ends_stage_one_with_csc(msrs_boxes, tmp_path):
     root = msrs_boxes(4)
     cfg = load_config(None, [f'data.root={root}', 'data.val_fraction=0', 'train.patience=2']
                       + SMALL)
-    tr = Trainer(cfg, str(tmp_path / 'run'))
-    tr.bad_epochs = 5
-    tr.stage = 1
-    assert not tr.should_stop()          # stage I ends by its switch rule or cap
-    tr.stage = 2
-    assert tr.should_stop()
-    tr.bad_epochs = 1
-    assert not tr.should_stop()
+    sch = Trainer(cfg, str(tmp_path / 'run')).schedule
+    sch.bad_epochs = 5
+    sch.stage = 1
+    assert not sch.should_stop()          # stage I ends by its switch rule or cap
+    sch.stage = 2
+    assert sch.should_stop()
+    sch.bad_epochs = 1
+    assert not sch.should_stop()
 
 
 def test_write_masks_tool(msrs_boxes, tmp_path, capsys):

@@ -13,7 +13,8 @@ from ssvif_ros import imaging
 from ssvif_train.cli import main as train_main
 from ssvif_train.config import load_config
 from ssvif_train.models.registry import load_model
-from ssvif_train.trainer import should_switch, Trainer
+from ssvif_train.schedule import should_switch
+from ssvif_train.trainer import Trainer
 
 SMALL = ['data.crop=48', 'data.val_crop=64', 'train.batch_size=2', 'train.steps_per_epoch=2',
          'train.progress=false', 'train.val_metric_images=1', 'train.threads=1']

@@ -60,7 +60,7 @@ class OrtBackend(GraphBackend):
         return fused, ids
 
 
-# name -> (ONNX type, rank) of the graph interface (ssvif_train.deploy.FusionSegGraph).
+# name -> (ONNX type, rank) of the graph interface (ssvif_train.deploy).
 GRAPH_INPUTS = {'vis': ('tensor(float)', 4), 'ir': ('tensor(float)', 4)}
 GRAPH_OUTPUTS = {'fused': ('tensor(float)', 4), 'class_ids': ('tensor(uint8)', 3)}
 

@@ -7,7 +7,7 @@ from ssvif_ros.backends.base import BackendError, GraphBackend, resolve_model
 
 
 class TorchBackend(GraphBackend):
-    """Runs :class:`ssvif_train.deploy.FusionSegGraph` from a checkpoint (cpu or cuda)."""
+    """Runs the deployed graph of :mod:`ssvif_train.deploy` from a checkpoint (cpu or cuda)."""
 
     name = 'torch'
 

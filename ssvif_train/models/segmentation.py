@@ -34,6 +34,7 @@ class SegHead(nn.Module):
         if padding_mode not in HEAD_PADDING:
             raise ValueError(f'SegHead padding_mode must be one of {HEAD_PADDING}, got '
                              f'{padding_mode!r}')
+        self.in_channels, self.num_classes, self.hidden = in_channels, num_classes, hidden
         self.padding_mode = padding_mode
         pm = padding_mode
         self.net = nn.Sequential(
@@ -65,6 +66,7 @@ class SegFormerSeg(nn.Module):
         if preset not in SEGFORMER_PRESETS:
             raise ValueError(f'unknown SegFormer preset {preset!r}; '
                              f'choose one of {sorted(SEGFORMER_PRESETS)}')
+        self.preset, self.num_classes = preset, num_classes
         cfg = SegformerConfig(num_labels=num_classes, num_channels=3,
                               **SEGFORMER_PRESETS[preset])
         self.net = SegformerForSemanticSegmentation(cfg)

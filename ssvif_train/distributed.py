@@ -1,0 +1,118 @@
+"""Device choice and data-parallel training under ``torchrun`` (DistributedDataParallel).
+
+DDP's reducer only hooks ``loss.backward()``, but the trainer takes the two task gradients with
+``torch.autograd.grad``; so it runs the forward pass under ``no_sync`` and :meth:`Dist.allreduce`
+averages both task gradients itself before their norms are taken: every rank computes the same
+task weights and ends with identical parameters (:meth:`Dist.check_in_sync` verifies it).
+Without ``WORLD_SIZE`` > 1 every method is the single-process identity.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from typing import List, Optional
+
+import torch
+
+from ssvif_train.checkpoints import TrainingError
+
+
+def pick_device(want: str) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda[:i]`` -> torch.device; TrainingError when CUDA is missing.
+
+    Plain ``cuda`` under torchrun means this process's ``LOCAL_RANK`` device.
+    """
+    if want == 'auto':
+        want = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if want.startswith('cuda'):
+        if not torch.cuda.is_available():
+            raise TrainingError(f'train.device={want} but CUDA is not available '
+                                f'(torch {torch.__version__}); use train.device=cpu')
+        if want == 'cuda':
+            want = f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}'
+        torch.cuda.set_device(torch.device(want))
+    return torch.device(want)
+
+
+class Dist:
+    """This process's place in a (possibly one-process) data-parallel job."""
+
+    def __init__(self, device_pref: str):
+        self.rank, self.world = 0, 1
+        self.enabled = 'WORLD_SIZE' in os.environ and int(os.environ['WORLD_SIZE']) > 1
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+        backend = 'nccl' if torch.cuda.is_available() and device_pref != 'cpu' else 'gloo'
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    def wrap(self, net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """``net`` in DistributedDataParallel (parameter and buffer broadcast), or ``net``."""
+        if not self.enabled:
+            return net
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        return DDP(net, device_ids=[device.index] if device.type == 'cuda' else None)
+
+    def no_sync(self, model):
+        """DDP's ``no_sync`` context (the task gradients are averaged by :meth:`allreduce`)."""
+        return model.no_sync() if self.enabled else contextlib.nullcontext()
+
+    def allreduce(self, grads: List[Optional[torch.Tensor]], params) -> List[torch.Tensor]:
+        """Gradients averaged over ranks, one per parameter (None -> zeros)."""
+        out = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+        if self.enabled:
+            import torch.distributed as dist
+            flat = torch.cat([g.reshape(-1) for g in out])
+            dist.all_reduce(flat)
+            flat /= self.world
+            out, i = [], 0
+            for p in params:
+                out.append(flat[i:i + p.numel()].view_as(p))
+                i += p.numel()
+        return out
+
+    def mean_scalar(self, value: float, device: torch.device) -> float:
+        """The mean of ``value`` over ranks."""
+        if not self.enabled:
+            return value
+        import torch.distributed as dist
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return float(t.item() / self.world)
+
+    def sync_buffers(self, net: torch.nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+        DDP broadcasts buffers at the start of each forward, so after the last step of an epoch
+        each rank holds statistics of its own last batch; validation and checkpoints use rank 0's.
+        """
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+        for b in net.buffers():
+            dist.broadcast(b.data, src=0)
+
+    def check_in_sync(self, net: torch.nn.Module, out_dir: str) -> None:
+        """Gather a digest of every rank's parameters; write ranks.json; fail if they differ.
+
+        Ends the process group.
+        """
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+        h = hashlib.sha256()
+        for t in list(net.state_dict().values()):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        digests = [None] * self.world
+        dist.all_gather_object(digests, h.hexdigest())
+        if self.rank == 0:
+            with open(os.path.join(out_dir, 'ranks.json'), 'w', encoding='utf-8') as f:
+                json.dump({'world_size': self.world, 'param_digests': digests}, f, indent=2)
+        dist.barrier()
+        dist.destroy_process_group()
+        if len(set(digests)) != 1:
+            raise TrainingError(f'ranks ended with different parameters: {digests}')

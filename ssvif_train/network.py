@@ -1,0 +1,165 @@
+"""SSVIFNet: fusion model F, segmentation head H and SegFormer S as one module.
+
+Training and deployment use this one class, so F + H are wired together in one place:
+
+* **training** (:class:`ssvif_train.trainer.Trainer`): :meth:`SSVIFNet.from_config` builds F,
+  and with CSC on H and S. ``forward(vis, ir, stage2)`` returns ``(fused, logits_a, logits_b)``
+  (logits None in stage I); :meth:`SSVIFNet.fuse` pads the inputs to the model's multiple and
+  crops the result, so any image size trains.
+* **deployment** (``ssvif-export``, the torch backend, the benchmarks): :meth:`from_checkpoint`
+  rebuilds F and H from a checkpoint's records (S is not needed), and :meth:`for_export` switches
+  ``forward(vis, ir)`` to the deployed interface ``(fused, class_ids[, logits])`` on inputs
+  already padded by the caller (:mod:`ssvif_train.deploy` documents the tensors).
+
+Inputs are ``vis``, ``ir``: N x 3 x H x W float in [0, 1], the thermal image repeated to three
+channels. A model trained with ``data.three_channel: false`` reads the visible luma and one
+thermal channel, and its fused luma takes the visible image's chroma (in both modes).
+
+The checkpoint entries ``fusion``, ``head`` and ``seg`` are written by :meth:`records` and read
+by :meth:`from_checkpoint`; their layout is the checkpoint format of ``ssvif-train/1``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+import torch.nn.functional as tf
+
+from ssvif_ros import imaging
+from ssvif_train.models.registry import create_model, model_record, record_to_model_checked
+from ssvif_train.models.segmentation import SegFormerSeg, SegHead
+
+SEG_UPSAMPLE = ('bilinear', 'nearest')
+
+
+class SSVIFNet(nn.Module):
+    """F with optional H and S; see the module docstring."""
+
+    def __init__(self, fusion: nn.Module, head: Optional[SegHead] = None,
+                 seg: Optional[SegFormerSeg] = None, three_channel: bool = True):
+        super().__init__()
+        self.fusion = fusion
+        self.head = head
+        self.seg = seg
+        self.three_channel = bool(three_channel)
+        self.num_classes = head.num_classes if head is not None else 1
+        self.pad_multiple = int(getattr(fusion, 'pad_multiple', 1))
+        # Deployed interface (for_export): None while training.
+        self.seg_upsample: Optional[str] = None
+        self.with_logits = False
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_config(cls, cfg) -> 'SSVIFNet':
+        """Fresh F (and with ``train.csc`` H and S) from a :class:`ssvif_train.config.Config`."""
+        args = dict(cfg.model.args)
+        if not cfg.data.three_channel:
+            args['channels'] = 1
+        fusion = create_model(cfg.model.name, **args)
+        head = seg = None
+        if cfg.train.csc:
+            head = SegHead(fusion.feature_channels, cfg.model.num_classes,
+                           cfg.model.head_hidden, cfg.model.head_padding)
+            seg = SegFormerSeg(cfg.model.segformer, cfg.model.num_classes)
+        return cls(fusion, head, seg, cfg.data.three_channel)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, path: str) -> 'SSVIFNet':
+        """F and H rebuilt from a checkpoint dict read from ``path`` (named in errors)."""
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get('fusion'), dict):
+            raise ValueError(f'{path} is not an ssvif training checkpoint (no "fusion" entry)')
+        fusion = record_to_model_checked(ckpt['fusion'], path)
+        head = None
+        if ckpt.get('head'):
+            h = ckpt['head']
+            try:
+                head = SegHead(h['in_channels'], h['num_classes'], h['hidden'],
+                               h.get('padding_mode', 'zeros'))
+                head.load_state_dict(h['state_dict'])
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ValueError(f'checkpoint {path}: its segmentation head does not rebuild: '
+                                 f'{first}') from None
+        data = (ckpt.get('config') or {}).get('data') or {}
+        return cls(fusion, head, None, data.get('three_channel', True))
+
+    def records(self, classes: str) -> dict:
+        """The checkpoint entries ``fusion``, ``head`` and ``seg`` (None when absent).
+
+        ``classes``: the configuration's ``model.classes``, kept with the head.
+        """
+        head = seg = None
+        if self.head is not None:
+            head = {'in_channels': self.head.in_channels, 'num_classes': self.head.num_classes,
+                    'hidden': self.head.hidden, 'padding_mode': self.head.padding_mode,
+                    'classes': classes, 'state_dict': self.head.state_dict()}
+        if self.seg is not None:
+            seg = {'preset': self.seg.preset, 'num_classes': self.seg.num_classes,
+                   'state_dict': self.seg.state_dict()}
+        return {'fusion': model_record(self.fusion), 'head': head, 'seg': seg}
+
+    def load_records(self, ckpt: dict) -> None:
+        """Load the weights of :meth:`records` entries into this (same-configuration) net."""
+        self.fusion.load_state_dict(ckpt['fusion']['state_dict'])
+        if self.head is not None and ckpt.get('head'):
+            self.head.load_state_dict(ckpt['head']['state_dict'])
+        if self.seg is not None and ckpt.get('seg'):
+            self.seg.load_state_dict(ckpt['seg']['state_dict'])
+
+    def for_export(self, seg_upsample: str = 'bilinear', with_logits: bool = False) -> 'SSVIFNet':
+        """Switch to the deployed interface (eval mode, S dropped); returns self."""
+        if seg_upsample not in SEG_UPSAMPLE:
+            raise ValueError(f'seg_upsample must be one of {SEG_UPSAMPLE}, got {seg_upsample!r}')
+        self.seg = None
+        self.seg_upsample = seg_upsample
+        self.with_logits = bool(with_logits)
+        return self.eval()
+
+    # ------------------------------------------------------------------ running
+    def fuse_padded(self, vis: torch.Tensor, ir: torch.Tensor):
+        """(fused N x 3 x H x W, seg features) of inputs whose H, W are multiples of the pad."""
+        if self.three_channel:
+            return self.fusion.forward_with_features(vis, ir)
+        vis_in = imaging.rgb_to_gray(vis, channel_axis=1)[:, None]      # N x 1 x H x W
+        fused, feats = self.fusion.forward_with_features(vis_in, ir[:, :1])
+        # Single-channel ablation: the fused luma takes the visible image's chroma.
+        ycc = imaging.rgb_to_ycbcr(vis, channel_axis=1)                  # N x 3 x H x W
+        ycc = torch.cat([fused, ycc[:, 1:]], dim=1)
+        return imaging.ycbcr_to_rgb(ycc, channel_axis=1).clamp(0.0, 1.0), feats
+
+    def fuse(self, vis: torch.Tensor, ir: torch.Tensor):
+        """Fused RGB N x 3 x H x W and seg features of any size (padded inside, cropped)."""
+        h, w = vis.shape[-2:]
+        vis_p, pad = imaging.pad_to_multiple(vis, self.pad_multiple)
+        ir_p, _ = imaging.pad_to_multiple(ir, self.pad_multiple)
+        fused, feats = self.fuse_padded(vis_p, ir_p)
+        return imaging.unpad(fused, pad)[..., :h, :w], feats
+
+    def forward(self, vis: torch.Tensor, ir: torch.Tensor, stage2: bool = False):
+        """Training: (fused, logits_a or None, logits_b or None); deployed: see for_export."""
+        if self.seg_upsample is not None:
+            return self._deployed(vis, ir)
+        fused, feats = self.fuse(vis, ir)
+        if not stage2 or self.head is None:
+            return fused, None, None
+        return fused, self.head(feats), self.seg(fused)
+
+    def _deployed(self, vis: torch.Tensor, ir: torch.Tensor):
+        """vis, ir N x 3 x H x W (padded) -> fused N x 3 x H x W, ids N x H x W uint8[, logits]."""
+        fused, feats = self.fuse_padded(vis, ir)
+        size = vis.shape[-2:]
+        if self.head is None:
+            ids = torch.zeros_like(vis[:, 0], dtype=torch.uint8)        # N x H x W
+            logits = torch.zeros_like(vis[:, :1])                       # N x 1 x H x W
+        else:
+            logits = self.head(feats)                                   # N x n x h x w
+            if self.seg_upsample == 'bilinear':
+                up = tf.interpolate(logits, size=size, mode='bilinear', align_corners=False)
+                ids = up.argmax(1).to(torch.uint8)                      # N x H x W
+            else:
+                low = logits.argmax(1, keepdim=True).float()            # N x 1 x h x w
+                ids = tf.interpolate(low, size=size, mode='nearest')[:, 0].to(torch.uint8)
+        if self.with_logits:
+            return fused, ids, logits
+        return fused, ids
