@@ -76,6 +76,9 @@ class LossConfig:
     lambda_color: float = 20.0
     dice_eps: float = 1.0
     csc_threshold: float = 0.0    # CSC counts only pseudo labels this confident (0 = paper: all)
+    # Per-class weights of the supervised CE (model.classes msrs; [] = unweighted). Rare
+    # classes (83 MSRS bike boxes against 532 people) are otherwise never predicted.
+    sup_class_weights: List[float] = field(default_factory=list)
 
 
 @dataclass
@@ -226,6 +229,11 @@ def validate(cfg: Config) -> Config:
                           'train.csc true')
     if cfg.train.monitor in ('box_f1', 'miou') and cfg.model.classes != 'msrs':
         raise ConfigError(f'train.monitor {cfg.train.monitor} needs model.classes msrs')
+    w = cfg.loss.sup_class_weights
+    if w and (cfg.model.classes != 'msrs' or len(w) != cfg.model.num_classes
+              or not all(float(x) > 0 for x in w)):
+        raise ConfigError(f'loss.sup_class_weights must be empty or {cfg.model.num_classes} '
+                          f'positive numbers (one per class, model.classes msrs), got {list(w)}')
     if not 0.0 <= cfg.loss.csc_threshold < 1.0 or cfg.train.csc_ramp_epochs < 0:
         raise ConfigError('loss.csc_threshold must be in [0, 1) and train.csc_ramp_epochs >= 0')
     if not 0.0 <= cfg.data.object_crop <= 1.0:

@@ -34,7 +34,7 @@ outside their boxes (val person recall 0.93 at precision 0.32).
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as tf
@@ -103,21 +103,23 @@ def pseudo_label(logits_a: torch.Tensor, logits_b: torch.Tensor,
 
 
 def hybrid_terms(logits: torch.Tensor, label: torch.Tensor, eps: float,
-                 ignore_index: int = -100, present_only: bool = False
+                 ignore_index: int = -100, present_only: bool = False,
+                 class_weights: Optional[torch.Tensor] = None
                  ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Eq. 5: (CE, Dice) of N x n x H x W logits against an N x H x W label.
 
     Pixels whose label is ``ignore_index`` count in neither term. ``present_only`` (the
     supervised terms): Dice averages only the classes present in the label (as
     segmentation_models.pytorch does), so a batch without a bike does not pay a constant 1 for
-    the bike class.
+    the bike class. ``class_weights`` (n): per-class weights of the CE (a weighted mean over
+    the labelled pixels, as ``torch.nn.functional.cross_entropy``); Dice is unweighted.
     """
     n = logits.shape[1]
     prob = logits.softmax(1)                                        # N x n x H x W
     valid = label != ignore_index                                   # N x H x W
     safe = torch.where(valid, label, torch.zeros_like(label))
     onehot = tf.one_hot(safe, n).permute(0, 3, 1, 2).to(prob.dtype)  # N x n x H x W
-    ce = tf.cross_entropy(logits, label, ignore_index=ignore_index)
+    ce = tf.cross_entropy(logits, label, weight=class_weights, ignore_index=ignore_index)
     if not bool(valid.all()):
         keep = valid[:, None].to(prob.dtype)                        # N x 1 x H x W
         prob, onehot = prob * keep, onehot * keep
@@ -150,11 +152,13 @@ def csc_terms(logits_a: torch.Tensor, logits_b: torch.Tensor, size: Tuple[int, i
 
 
 def supervised_terms(logits_a: torch.Tensor, logits_b: torch.Tensor, label: torch.Tensor,
-                     eps: float = 1.0) -> Dict[str, torch.Tensor]:
+                     eps: float = 1.0, class_weights: Optional[torch.Tensor] = None
+                     ) -> Dict[str, torch.Tensor]:
     """Unweighted ``sup_ce_a``, ``sup_dice_a``, ``sup_ce_b``, ``sup_dice_b`` over labelled pixels.
 
     ``label``: N x H x W int64, 255 = ignore. A batch without a labelled pixel gives zeros that
     still reach both branches' graphs (so every step has the same set of gradients).
+    ``class_weights``: optional per-class CE weights (``loss.sup_class_weights``).
     """
     size = tuple(label.shape[-2:])
     la = to_resolution(logits_a.float(), size)
@@ -162,8 +166,9 @@ def supervised_terms(logits_a: torch.Tensor, logits_b: torch.Tensor, label: torc
     if not bool((label != IGNORE_INDEX).any()):
         za, zb = la.sum() * 0.0, lb.sum() * 0.0
         return {'sup_ce_a': za, 'sup_dice_a': za, 'sup_ce_b': zb, 'sup_dice_b': zb}
-    ce_a, dice_a = hybrid_terms(la, label, eps, IGNORE_INDEX, present_only=True)
-    ce_b, dice_b = hybrid_terms(lb, label, eps, IGNORE_INDEX, present_only=True)
+    w = None if class_weights is None else class_weights.to(la.device, la.dtype)
+    ce_a, dice_a = hybrid_terms(la, label, eps, IGNORE_INDEX, True, w)
+    ce_b, dice_b = hybrid_terms(lb, label, eps, IGNORE_INDEX, True, w)
     return {'sup_ce_a': ce_a, 'sup_dice_a': dice_a, 'sup_ce_b': ce_b, 'sup_dice_b': dice_b}
 
 

@@ -75,6 +75,8 @@ class Trainer:
         if len(self.train_ds) < 1:
             raise TrainingError('the training split is empty')
         self.semantic = cfg.model.classes == 'msrs'
+        self.sup_weights = (torch.tensor(cfg.loss.sup_class_weights, dtype=torch.float32)
+                            if cfg.loss.sup_class_weights else None)
         if self.semantic and set(self.train_ds.kinds) == {'none'}:
             raise TrainingError('model.classes msrs needs labels, but no training pair has a '
                                 'pixel label or a box file (data.labels, data.boxes)')
@@ -198,7 +200,7 @@ class Trainer:
             if self.semantic and label is not None:
                 s_terms = losses.supervised_terms(logits_a, logits_b,
                                                   label.to(self.device, non_blocking=True),
-                                                  self.cfg.loss.dice_eps)
+                                                  self.cfg.loss.dice_eps, self.sup_weights)
                 l_sup = losses.supervised_total(s_terms)
                 sch = self.schedule
                 ramp = csc_ramp(sch.epoch - sch.stage1_epochs, self.cfg.train.csc_ramp_epochs)

@@ -1,8 +1,10 @@
 """Semantic training with labels: label layer, supervised loss, trainer, selection, export."""
 import csv
+import math
 import os
 
 from conftest import DATA, need
+
 import numpy as np
 import pytest
 import torch
@@ -122,6 +124,32 @@ def test_semantic_config_is_checked():
         load_config(None, ['train.monitor=box_f1'])
     with pytest.raises(ConfigError, match='data.labels must be one of'):
         load_config(None, ['data.labels=polygons'])
+    with pytest.raises(ConfigError, match='loss.sup_class_weights must be empty or 4'):
+        load_config(None, ['model.classes=msrs', 'model.num_classes=4',
+                           'loss.sup_class_weights=[1, 1, 3]'])
+    with pytest.raises(ConfigError, match='loss.sup_class_weights'):
+        load_config(None, ['model.classes=msrs', 'model.num_classes=4',
+                           'loss.sup_class_weights=[1, 1, 0, 3]'])
+    assert load_config(None, ['model.classes=msrs', 'model.num_classes=4',
+                              'loss.sup_class_weights=[1, 1, 1, 3]']
+                       ).loss.sup_class_weights == [1, 1, 1, 3]
+
+
+def test_supervised_class_weights_by_hand():
+    # two labelled pixels, background and bike, with known log-probabilities
+    logits = torch.zeros(1, 4, 1, 3)
+    logits[0, 0, 0, 0] = 2.0                 # pixel 0: background favoured
+    logits[0, 1, 0, 1] = 1.0                 # pixel 1 (a bike): car favoured
+    label = torch.tensor([[[0, 3, 255]]])
+    lp0 = 2.0 - math.log(math.exp(2.0) + 3.0)          # log p(background) at pixel 0
+    lp1 = 0.0 - math.log(math.exp(1.0) + 3.0)          # log p(bike) at pixel 1
+    plain = losses.supervised_terms(logits, logits, label)
+    assert float(plain['sup_ce_a']) == pytest.approx(-(lp0 + lp1) / 2, abs=1e-6)
+    w = torch.tensor([1.0, 1.0, 1.0, 3.0])
+    weighted = losses.supervised_terms(logits, logits, label, class_weights=w)
+    # weighted mean over labelled pixels: (1 * -lp0 + 3 * -lp1) / (1 + 3)
+    assert float(weighted['sup_ce_b']) == pytest.approx(-(lp0 + 3 * lp1) / 4, abs=1e-6)
+    assert torch.allclose(weighted['sup_dice_a'], plain['sup_dice_a'])   # Dice unweighted
 
 
 def test_supervised_terms_ignore_unlabelled_pixels():
