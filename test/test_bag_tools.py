@@ -57,6 +57,23 @@ def run_cli(*args, timeout=300):
                           capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
+def interrupt(proc, timeout=20.0):
+    """SIGINT ``proc`` and return its stderr; kill it when it has not ended within ``timeout``.
+
+    A player with ``--loop`` left running after a timed-out test kept publishing, and a
+    recorder left running kept writing (27 GB on a loaded machine), so neither may outlive
+    the test.
+    """
+    import signal
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        err = proc.communicate()[1]
+        return f'{err}\n(killed: no exit {timeout} s after SIGINT)'
+
+
 def one_line_error(res, *words):
     assert res.returncode == 2, res.stderr
     assert 'Traceback' not in res.stderr, res.stderr
@@ -285,7 +302,6 @@ def test_make_play_node_record_live_eval(tmp_path, msrs_dir):
 
 def test_play_with_rate_and_remap_into_record(tmp_path, val4):
     """Player and recorder as two processes: stamps kept, timing scaled, topic renamed."""
-    import signal
     import time
 
     from ssvif_ros.demo import ros_env
@@ -304,8 +320,7 @@ def test_play_with_rate_and_remap_into_record(tmp_path, val4):
         assert 'published 16 messages of 16' in play.stderr
         time.sleep(1.0)
     finally:
-        rec.send_signal(signal.SIGINT)
-        _, err = rec.communicate(timeout=20)
+        err = interrupt(rec)
     assert rec.returncode == 0, err
     got = read_bag(rec_bag)
     src = read_bag(bag)
@@ -321,7 +336,6 @@ def test_play_with_rate_and_remap_into_record(tmp_path, val4):
 
 
 def test_play_loop_repeats_until_interrupted(tmp_path, val4):
-    import signal
     import time
 
     from ssvif_ros.demo import ros_env
@@ -340,11 +354,9 @@ def test_play_loop_repeats_until_interrupted(tmp_path, val4):
             time.sleep(0.1)
         time.sleep(3.0)  # a round is 4 frames at 40 Hz: 0.1 s
     finally:
-        play.send_signal(signal.SIGINT)
-        _, play_err = play.communicate(timeout=20)
+        play_err = interrupt(play)
         time.sleep(0.5)
-        rec.send_signal(signal.SIGINT)
-        _, rec_err = rec.communicate(timeout=20)
+        rec_err = interrupt(rec)
     assert play.returncode == 130 and 'interrupted' in play_err and 'Traceback' not in play_err
     assert rec.returncode == 0, rec_err
     stamps = [stamp(m) for _, m in read_bag(tmp_path / 'rec')['/rgb/image_raw']]
