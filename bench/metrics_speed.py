@@ -20,17 +20,16 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssvif_ros import imaging, metrics  # noqa: E402
+from ssvif_ros.dataset_paths import list_pairs, shared_data_dir  # noqa: E402
 
 
 def _pair():
-    root = Path(os.environ.get('SSVIF_DATA',
-                               Path(__file__).resolve().parents[1].parent / 'shared' / 'data'))
-    vis_files = sorted((root / 'msrs' / 'val' / 'vi').glob('*.png'))
-    if vis_files:
-        vis = imaging.read_image(vis_files[0], 'rgb')
-        ir = imaging.read_image(root / 'msrs' / 'val' / 'ir' / vis_files[0].name, 'gray')
-        source = f'MSRS val {vis_files[0].name}'
-    else:
+    try:
+        vi_path, ir_path = list_pairs(shared_data_dir() / 'msrs' / 'val')[0]
+        vis = imaging.read_image(vi_path, 'rgb')
+        ir = imaging.read_image(ir_path, 'gray')
+        source = f'MSRS val {vi_path.name}'
+    except FileNotFoundError:
         rng = np.random.default_rng(0)
         yy, xx = np.mgrid[0:480, 0:640]
         base = (127 + 100 * np.sin(xx / 37.0) * np.cos(yy / 23.0)).astype(np.float64)

@@ -19,7 +19,6 @@ model against each other, on how many of the five paper metrics it matches or be
 """
 import argparse
 import json
-import os
 from pathlib import Path
 import sys
 
@@ -95,22 +94,21 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from ssvif_ros import imaging, metrics
     from ssvif_ros.backends import create_backend
-    data = Path(args.data) if args.data else \
-        Path(os.environ.get('SSVIF_DATA', REPO.parent / 'shared' / 'data')) / 'msrs'
-    vi_dir = data / 'val' / 'vi'
-    if not vi_dir.is_dir():
-        print(f'MSRS validation pairs not found at {vi_dir}', file=sys.stderr)
+    from ssvif_ros.dataset_paths import list_pairs, shared_data_dir
+    data = Path(args.data) if args.data else shared_data_dir() / 'msrs'
+    try:
+        files = list_pairs(data / 'val')
+    except FileNotFoundError as exc:
+        print(f'MSRS validation pairs not found: {exc}', file=sys.stderr)
         return 2
-    stems = sorted(os.listdir(vi_dir))
-    pairs = [(imaging.read_image(vi_dir / s, 'rgb'),
-              imaging.read_image(data / 'val' / 'ir' / s, 'gray')) for s in stems]
+    pairs = [(imaging.read_image(vi, 'rgb'), imaging.read_image(ir, 'gray')) for vi, ir in files]
     box_dir = data / 'val' / 'boxes'
     boxes = None
     if box_dir.is_dir():
         from ssvif_ros import labels
         cmap = labels.box_class_map(labels.DEFAULT_BOX_CLASSES)
-        boxes = [labels.read_boxes(box_dir / (Path(s).stem + '.txt'), cmap)
-                 if (box_dir / (Path(s).stem + '.txt')).is_file() else [] for s in stems]
+        boxes = [labels.read_boxes(box_dir / f'{vi.stem}.txt', cmap)
+                 if (box_dir / f'{vi.stem}.txt').is_file() else [] for vi, _ in files]
     models = [m.split('=', 1) for m in args.model] or [['default', '']]
     names = PAPER + EXTRA
     results = {}

@@ -48,17 +48,6 @@ def build_wrapper(name: str, num_classes: int, head_hidden: int, seg: str, cfg: 
     return SSVIFNet(fusion, head).for_export(seg), n_f, n_h
 
 
-def export_onnx(module, path: str, height: int, width: int) -> None:
-    """Export ``module`` with the exporter of ssvif-export (dynamic N, H, W).
-
-    ``height`` x ``width`` is only the tracing size (the graph keeps H and W dynamic).
-    """
-    import torch
-    from ssvif_train.export import _export_onnx
-    with torch.no_grad():
-        _export_onnx(module, path, 17, (height, width))
-
-
 def time_ort(path: str, height: int, width: int, threads: int, warmup: int, runs: int,
              repeats: int):
     """Medians (ms) of ``repeats`` rounds of ``runs`` timed ONNX Runtime calls."""
@@ -131,6 +120,7 @@ def main(argv=None) -> int:
         ap.error('height, width, threads, runs and repeats must be >= 1')
 
     import torch
+    from ssvif_train.export import export_onnx
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,7 +134,8 @@ def main(argv=None) -> int:
             h = -(-args.height // m) * m
             w = -(-args.width // m) * m
             path = os.path.join(out_dir, f'{name}_seg.onnx')
-            export_onnx(module, path, 8 * m, 12 * m)  # small tracing size, dynamic H, W
+            with torch.no_grad():  # small tracing size: the exported H and W are dynamic
+                export_onnx(module, path, 17, (8 * m, 12 * m))
             meds = time_ort(path, h, w, args.threads, args.warmup, args.runs, args.repeats)
             t_torch = time_torch(module, h, w, args.threads, max(3, args.runs // 10)) \
                 if args.torch else float('nan')

@@ -40,8 +40,9 @@ import time
 
 import numpy as np
 
-from ssvif_ros.demo import (default_msrs_val, RecorderSession, ros_env, start_fusion_node,
-                            start_publisher, stop, tail)
+from ssvif_ros.demo import default_msrs_val
+from ssvif_ros.processes import (RecorderSession, ros_env, start_fusion_node, start_publisher,
+                                 stop, tail)
 
 TOPICS = ('fused/image', 'fused/segmentation')
 RELAY = 'relay'  # not a backend: bench/relay_node.py in the node's place

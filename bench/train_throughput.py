@@ -26,7 +26,8 @@ sys.path.insert(0, str(REPO))
 
 def data_root(tmp: str) -> str:
     """The MSRS train folder, or a synthetic set of 20 pairs written to ``tmp``."""
-    msrs = Path(os.environ.get('SSVIF_DATA', REPO.parent / 'shared' / 'data')) / 'msrs'
+    from ssvif_ros.dataset_paths import shared_data_dir
+    msrs = shared_data_dir() / 'msrs'
     if (msrs / 'train' / 'vi').is_dir():
         return str(msrs / 'train')
     from ssvif_ros import imaging
@@ -47,7 +48,7 @@ def measure(root: str, out: str, overrides, steps: int, stage: int) -> float:
     tr = Trainer(cfg, out)
     tr.schedule.stage = stage
     batches = []
-    for vis, ir, _ in tr._loader(tr.train_ds, train=True):
+    for vis, ir, _ in tr.loader(tr.train_ds, train=True):
         batches.append((vis, ir))
         if len(batches) == steps + 1:
             break

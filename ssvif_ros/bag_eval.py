@@ -416,7 +416,7 @@ def _start_recorder(out_bag: Path, ready: Path, log: Path, env) -> subprocess.Po
 def run_live(args, cfg, model, out: Path, stems, scores_factory) -> Dict[str, Any]:
     """Play the bag into fusion_node, record its outputs, then score them against the inputs."""
     from ssvif_ros.bag_live import play, read_play_log
-    from ssvif_ros.demo import dds_profile_path, ros_env, start_fusion_node, stop, tail
+    from ssvif_ros.processes import dds_profile_path, ros_env, start_fusion_node, stop, tail
 
     rec_bag = out / 'recorded'
     if rec_bag.exists():

@@ -60,7 +60,7 @@ LOG_FIELDS = ('topic', 'stamp_ns', 'publish_ns')
 def use_package_dds_profile() -> None:
     """Point Fast DDS at the package's shared-memory profile unless the user chose one."""
     if not os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE'):
-        from ssvif_ros.demo import dds_profile_path
+        from ssvif_ros.processes import dds_profile_path
         os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = str(dds_profile_path())
     os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
 

@@ -44,7 +44,8 @@ import numpy as np
 
 from ssvif_ros import imaging
 from ssvif_ros.bag_extract import ExtractError as BagError
-from ssvif_ros.tools.pair_publisher import list_pairs_in, rgb_as, thermal_as
+from ssvif_ros.dataset_paths import list_pairs_in
+from ssvif_ros.tools.pair_publisher import rgb_as, thermal_as
 
 PROG = 'ssvif-bag make'
 RGB_TOPIC, THERMAL_TOPIC = '/rgb/image_raw', '/thermal/image_raw'

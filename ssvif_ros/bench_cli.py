@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
-from pathlib import Path
 import sys
 import time
 from typing import Dict, Optional
@@ -28,20 +26,18 @@ from typing import Dict, Optional
 import numpy as np
 
 from ssvif_ros import imaging
+from ssvif_ros.dataset_paths import list_pairs, shared_data_dir
+from ssvif_ros.synthetic import synthetic_scene
 
 
 def bench_input(size) -> tuple:
     """(vis, ir, source): float H x W x 3 pair of ``size = (w, h)``; MSRS if present."""
-    data = Path(os.environ.get('SSVIF_DATA',
-                               Path(__file__).resolve().parents[2] / 'shared' / 'data'))
-    vi_dir = data / 'msrs' / 'val' / 'vi'
-    if vi_dir.is_dir() and any(vi_dir.iterdir()):
-        stem = sorted(os.listdir(vi_dir))[0]
-        vis = imaging.read_image(vi_dir / stem, mode='rgb')
-        ir = imaging.read_image(data / 'msrs' / 'val' / 'ir' / stem, mode='gray')
-        source = f'MSRS val {stem}'
-    else:
-        from ssvif_ros.tools.pair_publisher import synthetic_scene
+    try:
+        vi_path, ir_path = list_pairs(shared_data_dir() / 'msrs' / 'val')[0]
+        vis = imaging.read_image(vi_path, mode='rgb')
+        ir = imaging.read_image(ir_path, mode='gray')
+        source = f'MSRS val {vi_path.name}'
+    except FileNotFoundError:
         vis, ir = synthetic_scene(0, 640, 480)
         source = 'synthetic scene'
     if (vis.shape[1], vis.shape[0]) != tuple(size):

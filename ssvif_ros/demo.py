@@ -14,7 +14,7 @@ class-id masks and colour masks as PNG and the end-to-end latency (receive time 
 stamp) of every message to ``<out>/latency.json``.
 
 Without the MSRS data (or with ``--synthetic``) the publisher generates a synthetic night road
-scene (:func:`ssvif_ros.tools.pair_publisher.synthetic_scene`): a dim visible image in which
+scene (:func:`ssvif_ros.synthetic.synthetic_scene`): a dim visible image in which
 pedestrians in dark clothes barely stand out from the road, and a thermal image in which they
 and a car's engine are bright. Every process uses Fast DDS with the package's shared-memory
 profile, discovery limited to this host, and a ROS domain id derived from the process id.
@@ -25,134 +25,20 @@ import argparse
 import json
 import os
 from pathlib import Path
-import signal
-import subprocess
 import sys
-import threading
 import time
 from typing import Dict, List, Optional, Sequence
+
+from ssvif_ros.processes import (RecorderSession, ros_env, start_fusion_node, start_publisher,
+                                 stop, tail)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def dds_profile_path() -> Path:
-    """The Fast DDS shared-memory profile: the source tree's, else the installed share copy."""
-    local = REPO_ROOT / 'config' / 'fastdds_shm.xml'
-    if local.is_file():
-        return local
-    from ament_index_python.packages import get_package_share_directory
-    return Path(get_package_share_directory('ssvif_ros')) / 'config' / 'fastdds_shm.xml'
-
-
-def ros_env(domain_id: Optional[int] = None) -> Dict[str, str]:
-    """Environment for every demo/bench process: Fast DDS, SHM profile, localhost, own domain."""
-    env = dict(os.environ)
-    env.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)  # deprecated name; one profile variable
-    env.update({
-        'RMW_IMPLEMENTATION': 'rmw_fastrtps_cpp',
-        'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-        'ROS_DOMAIN_ID': str(domain_id if domain_id is not None else 30 + os.getpid() % 70),
-        'FASTDDS_DEFAULT_PROFILES_FILE': str(dds_profile_path()),
-        'PYTHONUNBUFFERED': '1',
-    })
-    return env
-
-
-def start_fusion_node(params: Sequence[str], log_path, env: Dict[str, str]) -> subprocess.Popen:
-    """Start ``python -m ssvif_ros.fusion_node`` with ``-p`` for each 'name:=value'."""
-    cmd = [sys.executable, '-m', 'ssvif_ros.fusion_node', '--ros-args']
-    for p in params:
-        cmd += ['-p', p]
-    log = open(log_path, 'w')
-    try:
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    finally:
-        log.close()
-
-
-def start_publisher(args: Sequence[str], log_path, env: Dict[str, str]) -> subprocess.Popen:
-    """Start ``python -m ssvif_ros.tools.pair_publisher`` with ``args``."""
-    cmd = [sys.executable, '-m', 'ssvif_ros.tools.pair_publisher', *args]
-    log = open(log_path, 'w')
-    try:
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    finally:
-        log.close()
-
-
-def stop(proc: subprocess.Popen, timeout: float = 5.0) -> Optional[int]:
-    """SIGINT a process and wait; kill it if it does not exit in ``timeout`` s."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
-def tail(path, lines: int = 15) -> str:
-    """The last ``lines`` lines of a text file ('' if absent)."""
-    try:
-        return '\n'.join(Path(path).read_text(errors='replace').splitlines()[-lines:])
-    except OSError:
-        return ''
-
-
-class RecorderSession:
-    """An in-process rclpy context spinning a :class:`FusedRecorder` in a background thread."""
-
-    def __init__(self, topics, save_dir=None, save_max: int = 0):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.signals import SignalHandlerOptions
-
-        from ssvif_ros.runtime import tune_malloc
-        from ssvif_ros.tools.fused_recorder import FusedRecorder
-
-        tune_malloc()  # this process receives the images: recycle their buffers
-
-        self._rclpy = rclpy
-        self.ctx = rclpy.Context()
-        rclpy.init(args=[], context=self.ctx, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node('fused_recorder', context=self.ctx)
-        self.recorder = FusedRecorder(self.node, topics, save_dir, save_max)
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        while not self._stop.is_set() and self.ctx.ok():
-            self.executor.spin_once(timeout_sec=0.05)
-
-    def wait_for_node(self, proc: subprocess.Popen, timeout: float = 60.0) -> bool:
-        """Wait until the fusion node publishes fused/image; False if it exited or timed out."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if proc.poll() is not None:
-                return False
-            if self.node.count_publishers('/fused/image') > 0:
-                time.sleep(0.5)  # let both sides finish matching
-                return True
-            time.sleep(0.1)
-        return False
-
-    def close(self) -> None:
-        """Stop spinning and shut the context down."""
-        self._stop.set()
-        self._thread.join(5.0)
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self._rclpy.try_shutdown(context=self.ctx)
-
-
 def default_msrs_val() -> Path:
     """``<shared data>/msrs/val`` (``$SSVIF_DATA`` or ``../shared/data``)."""
-    from ssvif_ros.tools.pair_publisher import default_data_dir
-    return default_data_dir() / 'msrs' / 'val'
+    from ssvif_ros.dataset_paths import shared_data_dir
+    return shared_data_dir() / 'msrs' / 'val'
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -189,7 +75,7 @@ def replay(args: argparse.Namespace, out: Path) -> int:
     import shutil
 
     from ssvif_ros.bag_cli import main as bag
-    from ssvif_ros.tools.pair_publisher import write_synthetic_folder
+    from ssvif_ros.synthetic import write_synthetic_folder
 
     t0 = time.monotonic()
     data = Path(args.data) if args.data else default_msrs_val()
@@ -304,7 +190,8 @@ def class_sheet(backend: str, model: str, path: Path, msrs: Optional[Path],
     from ssvif_ros import imaging
     from ssvif_ros.backends import BackendError, create_backend
     from ssvif_ros.eval_cli import write_class_sheet
-    from ssvif_ros.tools.pair_publisher import default_data_dir, load_pairs, synthetic_scene
+    from ssvif_ros.dataset_paths import load_pairs, shared_data_dir
+    from ssvif_ros.synthetic import synthetic_scene
     try:
         b = create_backend(backend, model, threads=2)
     except BackendError as exc:
@@ -313,7 +200,7 @@ def class_sheet(backend: str, model: str, path: Path, msrs: Optional[Path],
     if b.num_classes < 2:
         return None
     sources = []
-    road = default_data_dir() / 'roadscene'
+    road = shared_data_dir() / 'roadscene'
     for name, folder in (('MSRS', msrs), ('RoadScene', road)):
         if folder is not None and (Path(folder) / 'vi').is_dir():
             pairs = load_pairs(folder)

@@ -61,7 +61,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ssvif_ros import imaging, labels, metrics
+from ssvif_ros import dataset_paths, imaging, labels, metrics
 
 TILE_HEIGHT = 180
 
@@ -73,20 +73,21 @@ class EvalError(Exception):
 # ---------------------------------------------------------------------------------------------
 # Files
 
-def _list_images(folder: str, what: str) -> Dict[str, Path]:
-    """Map stem -> image path for the image files of ``folder`` (error if missing or empty)."""
+def _list_files(folder: str, what: str, extensions: Sequence[str], kind: str) -> Dict[str, Path]:
+    """Map stem -> path of ``folder``'s files with ``extensions`` (error if missing or empty)."""
     d = Path(folder)
     if not d.is_dir():
         raise EvalError(f'{what} folder not found: {d}')
-    files = sorted(p for p in d.iterdir()
-                   if p.is_file() and p.suffix.lower() in imaging.IMAGE_EXTENSIONS)
+    files, _ = dataset_paths.files_by_stem(d, extensions)  # x.png before x.jpg: first wins
     if not files:
-        raise EvalError(f'{what} folder has no images ({", ".join(imaging.IMAGE_EXTENSIONS)}): '
-                        f'{d}')
-    out: Dict[str, Path] = {}
-    for p in files:
-        out.setdefault(p.stem, p)  # x.png before x.jpg: sorted order, first wins
-    return out
+        raise EvalError(f'{what} folder has no {kind}: {d}')
+    return files
+
+
+def _list_images(folder: str, what: str) -> Dict[str, Path]:
+    """Map stem -> image path for the image files of ``folder`` (error if missing or empty)."""
+    return _list_files(folder, what, imaging.IMAGE_EXTENSIONS,
+                       f'images ({", ".join(imaging.IMAGE_EXTENSIONS)})')
 
 
 def match_fused(stems: Sequence[str], fused_files: Dict[str, Path], method: str
@@ -453,13 +454,7 @@ BASELINE_NAME = 'thermal rule (> mean + 2 SD = person)'
 
 
 def _box_files(folder: str) -> Dict[str, Path]:
-    d = Path(folder)
-    if not d.is_dir():
-        raise EvalError(f'box (--boxes) folder not found: {d}')
-    files = {p.stem: p for p in sorted(d.glob('*.txt')) if p.is_file()}
-    if not files:
-        raise EvalError(f'box (--boxes) folder has no .txt box files: {d}')
-    return files
+    return _list_files(folder, 'box (--boxes)', ('.txt',), '.txt box files')
 
 
 def _split_names(text: str, what: str) -> List[str]:

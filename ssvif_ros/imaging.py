@@ -3,9 +3,11 @@
 Training, export, the evaluation tools and the ROS 2 node all call these functions, so a fused
 image means the same thing everywhere. Conventions:
 
-* Float images are in ``[0, 1]``. NumPy images are ``H x W`` or ``H x W x C`` (channel last, RGB
-  order); torch tensors are ``N x C x H x W``. Colour functions take ``channel_axis`` and work on
-  both NumPy arrays and torch tensors with the same formula.
+* Float images are in ``[0, 1]``. Images are NumPy ``H x W`` or ``H x W x C`` (channel last, RGB
+  order). Training's torch tensors (``N x C x H x W``) go through
+  :mod:`ssvif_train.tensor_imaging`, which applies this module's formulas (:func:`ycbcr_planes`,
+  :func:`rgb_planes`, :func:`luma`, :func:`pad_amount`) to tensors: this module never imports
+  torch.
 * Colour space: ITU-R BT.601 full-range YCbCr (the JPEG convention used by SeAFusion, SwinFusion
   and the MSRS tools): ``Y = 0.299 R + 0.587 G + 0.114 B``, ``Cb = 0.5 + 0.564 (B - Y)``,
   ``Cr = 0.5 + 0.713 (R - Y)``.
@@ -23,7 +25,7 @@ image means the same thing everywhere. Conventions:
 * Models need spatial sizes divisible by their stride: :func:`pad_to_multiple` pads with
   reflection at the bottom and right, :func:`unpad` removes it.
 
-Heavy imports (cv2, torch) are lazy.
+Heavy imports (cv2) are lazy.
 """
 from __future__ import annotations
 
@@ -33,18 +35,15 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-# BT.601 full-range coefficients.
-_KR, _KG, _KB = 0.299, 0.587, 0.114
-_CB_SCALE = 0.5 / (1.0 - _KB)  # 0.5643
-_CR_SCALE = 0.5 / (1.0 - _KR)  # 0.7133
+# BT.601 full-range coefficients: the one definition (models and losses use them via the
+# plane functions below).
+KR, KG, KB = 0.299, 0.587, 0.114
+CB_SCALE = 0.5 / (1.0 - KB)  # 0.5643
+CR_SCALE = 0.5 / (1.0 - KR)  # 0.7133
 
 THERMAL_METHODS = ('auto', 'scale', 'fixed', 'percentile')
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
-
-
-def _is_torch(x) -> bool:
-    return type(x).__module__.startswith('torch')
 
 
 def _take(x, index: int, axis: int):
@@ -53,35 +52,40 @@ def _take(x, index: int, axis: int):
     return x[tuple(sl)]
 
 
-def _stack(parts, axis: int, like):
-    if _is_torch(like):
-        import torch
-        return torch.stack(parts, dim=axis)
-    return np.stack(parts, axis=axis)
+def luma(r, g, b):
+    """BT.601 luma Y of R, G, B planes in [0, 1] (any array type with arithmetic)."""
+    return KR * r + KG * g + KB * b
 
 
-def rgb_to_ycbcr(x, channel_axis: int = -1):
-    """Convert RGB in [0, 1] to BT.601 full-range YCbCr in [0, 1] (NumPy or torch)."""
-    r, g, b = (_take(x, i, channel_axis) for i in range(3))
-    y = _KR * r + _KG * g + _KB * b
-    cb = (b - y) * _CB_SCALE + 0.5
-    cr = (r - y) * _CR_SCALE + 0.5
-    return _stack([y, cb, cr], channel_axis, x)
+def ycbcr_planes(r, g, b):
+    """BT.601 full-range ``(Y, Cb, Cr)`` planes of R, G, B planes in [0, 1]."""
+    y = luma(r, g, b)
+    return y, (b - y) * CB_SCALE + 0.5, (r - y) * CR_SCALE + 0.5
 
 
-def ycbcr_to_rgb(x, channel_axis: int = -1):
+def rgb_planes(y, cb, cr):
+    """Invert :func:`ycbcr_planes`: ``(R, G, B)`` planes (no clipping)."""
+    r = y + (cr - 0.5) / CR_SCALE
+    b = y + (cb - 0.5) / CB_SCALE
+    g = (y - KR * r - KB * b) / KG
+    return r, g, b
+
+
+def rgb_to_ycbcr(x: np.ndarray, channel_axis: int = -1) -> np.ndarray:
+    """Convert RGB in [0, 1] to BT.601 full-range YCbCr in [0, 1]."""
+    return np.stack(ycbcr_planes(*(_take(x, i, channel_axis) for i in range(3))),
+                    axis=channel_axis)
+
+
+def ycbcr_to_rgb(x: np.ndarray, channel_axis: int = -1) -> np.ndarray:
     """Invert :func:`rgb_to_ycbcr` (no clipping)."""
-    y, cb, cr = (_take(x, i, channel_axis) for i in range(3))
-    r = y + (cr - 0.5) / _CR_SCALE
-    b = y + (cb - 0.5) / _CB_SCALE
-    g = (y - _KR * r - _KB * b) / _KG
-    return _stack([r, g, b], channel_axis, x)
+    return np.stack(rgb_planes(*(_take(x, i, channel_axis) for i in range(3))),
+                    axis=channel_axis)
 
 
-def rgb_to_gray(x, channel_axis: int = -1):
+def rgb_to_gray(x: np.ndarray, channel_axis: int = -1) -> np.ndarray:
     """Return the BT.601 luma Y of an RGB image (channel axis removed)."""
-    r, g, b = (_take(x, i, channel_axis) for i in range(3))
-    return _KR * r + _KG * g + _KB * b
+    return luma(*(_take(x, i, channel_axis) for i in range(3)))
 
 
 @dataclass
@@ -183,15 +187,13 @@ def expand_thermal(ir: np.ndarray) -> np.ndarray:
     return np.broadcast_to(ir[:, :, None], ir.shape + (3,))
 
 
-def to_uint8(x) -> np.ndarray:
-    """Float [0, 1] (NumPy or torch) to C-contiguous uint8 with rounding and clipping.
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Float [0, 1] to C-contiguous uint8 with rounding and clipping.
 
     An H x W x C view of planar (C x H x W) memory, as the model backends return, is converted
     plane by plane and interleaved once with OpenCV: NumPy's strided H x W x 3 copy of a
     640 x 480 image costs about 1 ms, ``cv2.merge`` about 0.03 ms.
     """
-    if _is_torch(x):
-        x = x.detach().cpu().numpy()
     y = np.multiply(x, 255.0, dtype=np.float32)  # one temporary (in x's memory order)
     np.clip(y, 0.0, 255.0, out=y)
     np.add(y, 0.5, out=y)
@@ -213,21 +215,12 @@ def pad_amount(h: int, w: int, multiple: int) -> Tuple[int, int]:
     return (-h) % multiple, (-w) % multiple
 
 
-def pad_to_multiple(x, multiple: int, channel_last: Optional[bool] = None):
-    """Reflect-pad an image at the bottom/right to a multiple of ``multiple``.
+def pad_to_multiple(x: np.ndarray, multiple: int) -> Tuple[np.ndarray, Tuple[int, int]]:
+    """Reflect-pad an H x W or H x W x C image at the bottom/right to a multiple of ``multiple``.
 
-    NumPy input is H x W or H x W x C (``channel_last`` default True); torch input is
-    N x C x H x W. Returns ``(padded, (pad_h, pad_w))``. Falls back to edge padding when the
-    image is smaller than the pad (reflection needs pad < size).
+    Returns ``(padded, (pad_h, pad_w))``. Falls back to edge padding when the image is smaller
+    than the pad (reflection needs pad < size).
     """
-    if _is_torch(x):
-        import torch.nn.functional as tf
-        h, w = x.shape[-2:]
-        ph, pw = pad_amount(h, w, multiple)
-        if ph == 0 and pw == 0:
-            return x, (0, 0)
-        mode = 'reflect' if ph < h and pw < w else 'replicate'
-        return tf.pad(x, (0, pw, 0, ph), mode=mode), (ph, pw)
     x = np.asarray(x)
     h, w = x.shape[:2]
     ph, pw = pad_amount(h, w, multiple)
@@ -238,35 +231,11 @@ def pad_to_multiple(x, multiple: int, channel_last: Optional[bool] = None):
     return np.pad(x, widths, mode=mode), (ph, pw)
 
 
-def unpad(x, pad: Tuple[int, int]):
-    """Remove bottom/right padding added by :func:`pad_to_multiple` (NumPy HW[C] or torch NCHW)."""
+def unpad(x: np.ndarray, pad: Tuple[int, int]) -> np.ndarray:
+    """Remove bottom/right padding added by :func:`pad_to_multiple` (H x W[ x C])."""
     ph, pw = pad
-    if _is_torch(x):
-        h, w = x.shape[-2:]
-        return x[..., :h - ph, :w - pw]
     h, w = x.shape[:2]
     return x[:h - ph, :w - pw]
-
-
-def hwc_to_nchw(x: np.ndarray):
-    """H x W x C (or H x W) float NumPy image to a 1 x C x H x W torch tensor."""
-    import torch
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 2:
-        x = x[:, :, None]
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
-
-
-def nchw_to_hwc(x) -> np.ndarray:
-    """1 x C x H x W torch tensor (or NumPy array) to an H x W x C float32 NumPy image."""
-    if _is_torch(x):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 4:
-        if x.shape[0] != 1:
-            raise ValueError(f'expected a batch of one, got shape {x.shape}')
-        x = x[0]
-    return x.transpose(1, 2, 0)
 
 
 def preprocess_pair(vis: np.ndarray, ir: np.ndarray,

@@ -657,10 +657,9 @@ def vif_pixel(a, f, sigma_nsq: float = 2.0) -> float:
 # --- Colour difference
 
 def delta_e_lab(lab1, lab2) -> np.ndarray:
-    """CIEDE2000 colour difference of CIELAB arrays (..., 3) (kL = kC = kH = 1)."""
+    """CIEDE2000 colour difference of CIELAB arrays (..., 3) (kL = kC = kH = 1), in their dtype."""
     from skimage.color import deltaE_ciede2000
-    return deltaE_ciede2000(np.asarray(lab1, dtype=np.float64),
-                            np.asarray(lab2, dtype=np.float64), channel_axis=-1)
+    return deltaE_ciede2000(np.asarray(lab1), np.asarray(lab2), channel_axis=-1)
 
 
 def delta_e(vis, fused) -> float:
@@ -671,15 +670,14 @@ def delta_e(vis, fused) -> float:
 
     Computed in float32 (1.7x faster than float64; the mean differs by < 1e-4 ΔE units).
     """
-    from skimage.color import deltaE_ciede2000, rgb2lab
+    from skimage.color import rgb2lab
 
     def lab(x):
         x = np.asarray(x, dtype=np.float32)
         if x.ndim == 2:
             x = np.repeat(x[:, :, None], 3, axis=2)
         return rgb2lab(np.clip(x / np.float32(255.0), 0.0, 1.0))
-    d = deltaE_ciede2000(lab(vis), lab(fused), channel_axis=-1)
-    return float(d.mean(dtype=np.float64))
+    return float(delta_e_lab(lab(vis), lab(fused)).mean(dtype=np.float64))
 
 
 # ---------------------------------------------------------------------------------------------

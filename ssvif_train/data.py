@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ssvif_ros import imaging, labels as lbl
+from ssvif_ros import dataset_paths, imaging, labels as lbl
 
 log = logging.getLogger('ssvif_train.data')
 
@@ -90,18 +90,9 @@ class DiscoveryReport:
 
 
 def _images_by_stem(folder: str) -> Tuple[Dict[str, str], List[str]]:
-    by_stem: Dict[str, str] = {}
-    dups: List[str] = []
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        stem, ext = os.path.splitext(name)
-        if ext.lower() not in imaging.IMAGE_EXTENSIONS or not os.path.isfile(path):
-            continue
-        if stem in by_stem:
-            dups.append(name)
-            continue
-        by_stem[stem] = path
-    return by_stem, dups
+    """:func:`ssvif_ros.dataset_paths.images_by_stem` with paths as ``folder``/name strings."""
+    by_stem, dups = dataset_paths.images_by_stem(folder)
+    return {s: os.path.join(folder, p.name) for s, p in by_stem.items()}, dups
 
 
 def _resolve_dirs(root: str, layout: str, split: str, vi: str, ir: str):
@@ -140,8 +131,8 @@ def discover_pairs(root: str = '', layout: str = 'auto', split: str = 'train', v
     boxes_dir = boxes or (beside if os.path.isdir(beside) else None)
     box_files = {}
     if boxes_dir:
-        box_files = {os.path.splitext(n)[0]: os.path.join(boxes_dir, n)
-                     for n in sorted(os.listdir(boxes_dir)) if n.endswith('.txt')}
+        found, _ = dataset_paths.files_by_stem(boxes_dir, ('.txt',))
+        box_files = {s: os.path.join(boxes_dir, p.name) for s, p in found.items()}
     vis, dv = _images_by_stem(vi_dir)
     irs, di = _images_by_stem(ir_dir)
     labels = _images_by_stem(label_dir)[0] if label_dir else {}

@@ -24,7 +24,13 @@ CARD_FORMAT = 'ssvif-model/1'
 INPUT_NAMES = ['vis', 'ir']
 
 
-def _export_onnx(graph, path: str, opset: int, probe_hw) -> None:
+def export_onnx(graph, path: str, opset: int, probe_hw) -> None:
+    """Write ``graph`` (the deployed SSVIFNet) as ONNX to ``path``, checked, atomically.
+
+    Inputs :data:`INPUT_NAMES` (vis, ir), outputs fused, class_ids[, logits], with dynamic N, H
+    and W; ``probe_hw`` = (H, W) is only the tracing size. A failed write raises OSError naming
+    ``path``.
+    """
     import torch
     h, w = probe_hw
     vis = torch.rand(1, 3, h, w)
@@ -57,9 +63,10 @@ def parity(graph, onnx_path: str, vis: np.ndarray, ir: np.ndarray) -> dict:
     """Run torch and ONNX Runtime on one float pair (H x W x 3 each); compare the outputs."""
     import onnxruntime as ort
     import torch
+    from ssvif_train.tensor_imaging import hwc_to_nchw
     v, pad = imaging.pad_to_multiple(vis, graph.pad_multiple)
     t, _ = imaging.pad_to_multiple(ir, graph.pad_multiple)
-    vt, it = imaging.hwc_to_nchw(v), imaging.hwc_to_nchw(t)
+    vt, it = hwc_to_nchw(v), hwc_to_nchw(t)
     with torch.no_grad():
         ref = graph(vt, it)
     sess = ort.InferenceSession(onnx_path, providers=['CPUExecutionProvider'])
@@ -138,7 +145,7 @@ def export(checkpoint: str, out_dir: str, opset: int = 17, seg_upsample: str = '
     os.makedirs(out_dir, exist_ok=True)
     onnx_path = os.path.join(out_dir, 'model.onnx')
     m = graph.pad_multiple
-    _export_onnx(graph, onnx_path, opset, (-(-64 // m) * m, -(-96 // m) * m))
+    export_onnx(graph, onnx_path, opset, (-(-64 // m) * m, -(-96 // m) * m))
     if probe is None:
         rng = np.random.default_rng(0)
         probe = (rng.random((96, 128, 3), dtype=np.float32),

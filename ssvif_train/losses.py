@@ -11,7 +11,7 @@ image repeated to three channels):
 * ``ssim``  = mean over j in {vis, ir} of (1 - SSIM(I_f, I_j)): pytorch-msssim, 11x11 Gaussian
   window, sigma 1.5, data range 1, averaged over channels;
 * ``color`` = mean over c in {Cb, Cr} of mean |I_f^c - I_vis^c| (BT.601 YCbCr from
-  :mod:`ssvif_ros.imaging`).
+  :mod:`ssvif_ros.imaging`, via :mod:`ssvif_train.tensor_imaging`).
 
 L_fusion = sum of lambda_k * term_k is formed by :func:`weighted_fusion` from the config's
 lambdas (paper: 20, 20, 10, 20).
@@ -39,7 +39,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as tf
 
-from ssvif_ros import imaging
+from ssvif_train.tensor_imaging import rgb_to_ycbcr
 
 FUSION_TERMS = ('int', 'grad', 'ssim', 'color')
 IGNORE_INDEX = 255  # ssvif_ros.labels.IGNORE
@@ -63,8 +63,8 @@ def fusion_terms(fused: torch.Tensor, vis: torch.Tensor,
     l_grad = (gf - g_max).abs().mean()
     l_ssim = 0.5 * ((1.0 - ssim(fused, ir, data_range=1.0, size_average=True))
                     + (1.0 - ssim(fused, vis, data_range=1.0, size_average=True)))
-    yf = imaging.rgb_to_ycbcr(fused, channel_axis=1)  # N x 3 x H x W
-    yv = imaging.rgb_to_ycbcr(vis, channel_axis=1)
+    yf = rgb_to_ycbcr(fused)  # N x 3 x H x W
+    yv = rgb_to_ycbcr(vis)
     l_color = (yf[:, 1:] - yv[:, 1:]).abs().mean()
     return {'int': l_int, 'grad': l_grad, 'ssim': l_ssim, 'color': l_color}
 

@@ -26,9 +26,10 @@ import torch
 from torch import nn
 import torch.nn.functional as tf
 
-from ssvif_ros import imaging
 from ssvif_train.models.registry import create_model, model_record, record_to_model_checked
 from ssvif_train.models.segmentation import SegFormerSeg, SegHead
+from ssvif_train.tensor_imaging import (pad_to_multiple, rgb_to_gray, rgb_to_ycbcr, unpad,
+                                        ycbcr_to_rgb)
 
 SEG_UPSAMPLE = ('bilinear', 'nearest')
 
@@ -121,20 +122,20 @@ class SSVIFNet(nn.Module):
         """(fused N x 3 x H x W, seg features) of inputs whose H, W are multiples of the pad."""
         if self.three_channel:
             return self.fusion.forward_with_features(vis, ir)
-        vis_in = imaging.rgb_to_gray(vis, channel_axis=1)[:, None]      # N x 1 x H x W
+        vis_in = rgb_to_gray(vis)[:, None]                               # N x 1 x H x W
         fused, feats = self.fusion.forward_with_features(vis_in, ir[:, :1])
         # Single-channel ablation: the fused luma takes the visible image's chroma.
-        ycc = imaging.rgb_to_ycbcr(vis, channel_axis=1)                  # N x 3 x H x W
+        ycc = rgb_to_ycbcr(vis)                                          # N x 3 x H x W
         ycc = torch.cat([fused, ycc[:, 1:]], dim=1)
-        return imaging.ycbcr_to_rgb(ycc, channel_axis=1).clamp(0.0, 1.0), feats
+        return ycbcr_to_rgb(ycc).clamp(0.0, 1.0), feats
 
     def fuse(self, vis: torch.Tensor, ir: torch.Tensor):
         """Fused RGB N x 3 x H x W and seg features of any size (padded inside, cropped)."""
         h, w = vis.shape[-2:]
-        vis_p, pad = imaging.pad_to_multiple(vis, self.pad_multiple)
-        ir_p, _ = imaging.pad_to_multiple(ir, self.pad_multiple)
+        vis_p, pad = pad_to_multiple(vis, self.pad_multiple)
+        ir_p, _ = pad_to_multiple(ir, self.pad_multiple)
         fused, feats = self.fuse_padded(vis_p, ir_p)
-        return imaging.unpad(fused, pad)[..., :h, :w], feats
+        return unpad(fused, pad)[..., :h, :w], feats
 
     def forward(self, vis: torch.Tensor, ir: torch.Tensor, stage2: bool = False):
         """Training: (fused, logits_a or None, logits_b or None); deployed: see for_export."""

@@ -139,7 +139,8 @@ class Trainer:
         if torch.cuda.is_available() and ckpt['rng'].get('cuda') is not None:
             torch.cuda.set_rng_state_all(ckpt['rng']['cuda'])
 
-    def _loader(self, ds, train: bool):
+    def loader(self, ds, train: bool):
+        """A DataLoader over ``ds``: shuffled per epoch (and sharded under DDP) for training."""
         from torch.utils.data import DataLoader
         from torch.utils.data.distributed import DistributedSampler
         bs = self.cfg.train.batch_size if (train or self.cfg.data.val_crop > 0) else 1
@@ -242,7 +243,7 @@ class Trainer:
     # ------------------------------------------------------------------ epochs
     def validate(self) -> Dict[str, float]:
         """Validation scores of the current model (:func:`ssvif_train.validation.validate`)."""
-        return validate(self.net, self._loader(self.val_ds, train=False), self.val_ds, self.cfg,
+        return validate(self.net, self.loader(self.val_ds, train=False), self.val_ds, self.cfg,
                         self.lambdas, self.semantic, self.device)
 
     def run(self) -> Dict:
@@ -266,7 +267,7 @@ class Trainer:
         """One pass over the training split; the mean of each logged scalar."""
         cfg, sch = self.cfg, self.schedule
         self.train_ds.set_epoch(sch.epoch)
-        loader = self._loader(self.train_ds, train=True)
+        loader = self.loader(self.train_ds, train=True)
         steps = len(loader)
         if cfg.train.steps_per_epoch > 0:
             steps = min(steps, cfg.train.steps_per_epoch)

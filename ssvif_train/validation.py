@@ -16,6 +16,7 @@ import torch
 
 from ssvif_ros import imaging, labels, metrics
 from ssvif_train import losses
+from ssvif_train.tensor_imaging import nchw_to_hwc
 
 
 @torch.no_grad()
@@ -76,8 +77,8 @@ def _fusion_metrics(vis, ir, fused, names) -> List[Dict[str, float]]:
     """Fusion metrics of each pair of a batch (N x 3 x H x W tensors) on uint8 images."""
     rows = []
     for b in range(vis.shape[0]):
-        v = imaging.to_uint8(imaging.nchw_to_hwc(vis[b:b + 1]))
-        t = imaging.to_uint8(imaging.nchw_to_hwc(ir[b:b + 1]))[:, :, 0]
-        f = imaging.to_uint8(imaging.nchw_to_hwc(fused[b:b + 1]))
+        v = imaging.to_uint8(nchw_to_hwc(vis[b:b + 1]))
+        t = imaging.to_uint8(nchw_to_hwc(ir[b:b + 1]))[:, :, 0]
+        f = imaging.to_uint8(nchw_to_hwc(fused[b:b + 1]))
         rows.append(metrics.validation_metrics(v, t, f, names))
     return rows

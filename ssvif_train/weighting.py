@@ -30,7 +30,6 @@ class Weighting:
     """Base strategy: epoch loss history and descent rates."""
 
     name = 'base'
-    uses_grad_norms = False
 
     def __init__(self, temperature: float = 2.0):
         self.temperature = float(temperature)
@@ -90,7 +89,6 @@ class GDWA(Weighting):
     """Gradient-and-descent-based weight adjustment (paper section III-E)."""
 
     name = 'gdwa'
-    uses_grad_norms = True
 
     @staticmethod
     def weights(g_a: float, g_b: float, s_a: float, s_b: float) -> Tuple[float, float]:

@@ -5,8 +5,10 @@ import sys
 
 import pytest
 
+from ssvif_ros.dataset_paths import list_pairs, shared_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get('SSVIF_DATA', REPO.parent / 'shared' / 'data'))
+DATA = shared_data_dir()
 MSRS = DATA / 'msrs'
 VIFB = DATA / 'vifb'
 PYTHON = sys.executable
@@ -39,9 +41,8 @@ def msrs_subset(tmp_path, msrs_dir):
         root = tmp_path / name
         for sub in ('vi', 'ir'):
             (root / sub).mkdir(parents=True)
-        stems = sorted(p.name for p in (msrs_dir / split / 'vi').iterdir())[:n]
-        for s in stems:
-            for sub in ('vi', 'ir'):
-                os.symlink(msrs_dir / split / sub / s, root / sub / s)
+        for vi, ir in list_pairs(msrs_dir / split)[:n]:
+            os.symlink(vi, root / 'vi' / vi.name)
+            os.symlink(ir, root / 'ir' / ir.name)
         return root
     return make

@@ -304,7 +304,7 @@ def test_play_with_rate_and_remap_into_record(tmp_path, val4):
     """Player and recorder as two processes: stamps kept, timing scaled, topic renamed."""
     import time
 
-    from ssvif_ros.demo import ros_env
+    from ssvif_ros.processes import ros_env
     bag = make(val4, tmp_path / 'bag', '--rate', '10', '--count', '8')
     env = ros_env()
     rec_bag = tmp_path / 'rec'
@@ -338,7 +338,7 @@ def test_play_with_rate_and_remap_into_record(tmp_path, val4):
 def test_play_loop_repeats_until_interrupted(tmp_path, val4):
     import time
 
-    from ssvif_ros.demo import ros_env
+    from ssvif_ros.processes import ros_env
     bag = make(val4, tmp_path / 'bag', '--rate', '10')
     env = ros_env()
     rec = subprocess.Popen([sys.executable, '-m', 'ssvif_ros.bag_cli', 'record', '--out',

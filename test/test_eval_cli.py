@@ -7,14 +7,11 @@ import shutil
 import subprocess
 import sys
 
+from conftest import REPO, VIFB
 import numpy as np
 import pytest
 
 from ssvif_ros import eval_cli, imaging, metrics
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get('SSVIF_DATA', REPO.parent / 'shared' / 'data'))
-VIFB = DATA / 'vifb'
 
 
 def _run(args):

@@ -12,6 +12,7 @@ import pytest
 from ssvif_ros import imaging
 from ssvif_ros import trt_engine
 from ssvif_ros.backends import BackendError, create_backend
+from ssvif_ros.dataset_paths import list_pairs
 from ssvif_train.cli import main as train_main
 from ssvif_train.export import main as export_main
 
@@ -39,11 +40,9 @@ def trained(tmp_path_factory):
 
 
 def real_pairs(msrs_dir, n=3):
-    stems = sorted(os.listdir(msrs_dir / 'val' / 'vi'))[:n]
-    for s in stems:
-        vis = imaging.read_image(msrs_dir / 'val' / 'vi' / s, mode='rgb')
-        ir = imaging.read_image(msrs_dir / 'val' / 'ir' / s, mode='gray')
-        yield s, imaging.preprocess_pair(vis, ir)
+    for vi, ir in list_pairs(msrs_dir / 'val')[:n]:
+        yield vi.name, imaging.preprocess_pair(imaging.read_image(vi, mode='rgb'),
+                                               imaging.read_image(ir, mode='gray'))
 
 
 def test_onnx_is_valid_and_card_describes_it(trained):

@@ -8,17 +8,13 @@ reason, the documented exit code, nothing already done lost.
 import csv
 import errno
 import os
-from pathlib import Path
 import signal
 import subprocess
 import sys
 import time
 
+from conftest import MSRS, REPO
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get('SSVIF_DATA', REPO.parent / 'shared' / 'data'))
-MSRS = DATA / 'msrs'
 
 
 def _env(**extra):

@@ -29,12 +29,12 @@ from rclpy.signals import SignalHandlerOptions  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from ssvif_ros import imaging  # noqa: E402
+from ssvif_ros.dataset_paths import load_pairs, shared_data_dir  # noqa: E402
 from ssvif_ros.ros_image import image_to_numpy, numpy_to_image  # noqa: E402
-from ssvif_ros.tools.pair_publisher import load_pairs, synthetic_scene  # noqa: E402
+from ssvif_ros.synthetic import synthetic_scene  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get('SSVIF_DATA', REPO.parent / 'shared' / 'data'))
-MSRS_VAL = DATA / 'msrs' / 'val'
+MSRS_VAL = shared_data_dir() / 'msrs' / 'val'
 DOMAIN_ID = 20 + os.getpid() % 80
 ROS_ENV = {
     'RMW_IMPLEMENTATION': 'rmw_fastrtps_cpp',
@@ -707,7 +707,7 @@ def test_invalid_startup_parameters_exit(tmp_path, param, words):
 
 def test_pair_publisher_tool_stamps_and_encodings(ros, tmp_path):
     """The publisher process: equal stamps plus the requested offset, requested encodings."""
-    from ssvif_ros.tools.pair_publisher import write_synthetic_folder
+    from ssvif_ros.synthetic import write_synthetic_folder
     folder = write_synthetic_folder(tmp_path / 'pairs', 3, 64, 48)
     got = {'rgb': [], 'thermal': []}
     lock = threading.Lock()

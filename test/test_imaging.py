@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ssvif_ros import imaging
+from ssvif_train import tensor_imaging
 
 
 def test_ycbcr_known_values_and_round_trip():
@@ -21,8 +22,11 @@ def test_colour_functions_agree_between_numpy_and_torch():
     img = rng.random((5, 7, 3)).astype(np.float32)
     t = torch.from_numpy(img.transpose(2, 0, 1))[None]  # 1 x 3 x 5 x 7
     a = imaging.rgb_to_ycbcr(img)
-    b = imaging.rgb_to_ycbcr(t, channel_axis=1)[0].numpy().transpose(1, 2, 0)
+    b = tensor_imaging.rgb_to_ycbcr(t)[0].numpy().transpose(1, 2, 0)
     assert np.allclose(a, b, atol=1e-6)
+    assert np.allclose(tensor_imaging.rgb_to_gray(t)[0].numpy(), a[:, :, 0], atol=1e-6)
+    back = tensor_imaging.ycbcr_to_rgb(tensor_imaging.rgb_to_ycbcr(t))
+    assert torch.allclose(back, t, atol=1e-6)
     assert np.allclose(imaging.rgb_to_gray(img), a[:, :, 0], atol=1e-6)
 
 
@@ -64,11 +68,11 @@ def test_pad_unpad_numpy_and_torch():
     assert p[5, 0] == x[3, 0]  # reflection
     assert np.array_equal(imaging.unpad(p, pad), x)
     t = torch.rand(2, 3, 5, 7)
-    tp, tpad = imaging.pad_to_multiple(t, 8)
+    tp, tpad = tensor_imaging.pad_to_multiple(t, 8)
     assert tp.shape == (2, 3, 8, 8) and tpad == (3, 1)
-    assert torch.equal(imaging.unpad(tp, tpad), t)
+    assert torch.equal(tensor_imaging.unpad(tp, tpad), t)
     tiny = torch.rand(1, 1, 2, 2)
-    assert imaging.pad_to_multiple(tiny, 8)[0].shape == (1, 1, 8, 8)  # replicate fallback
+    assert tensor_imaging.pad_to_multiple(tiny, 8)[0].shape == (1, 1, 8, 8)  # replicate fallback
 
 
 def test_uint8_conversion_rounds_and_clips():

@@ -49,7 +49,7 @@ class _Probe:
     """A test node that publishes pairs and records fused images."""
 
     def __init__(self):
-        from ssvif_ros.tools.pair_publisher import synthetic_scene
+        from ssvif_ros.synthetic import synthetic_scene
         from ssvif_ros.ros_image import numpy_to_image
 
         self.ctx = rclpy.Context()

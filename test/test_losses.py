@@ -4,8 +4,7 @@ import math
 import pytest
 import torch
 
-from ssvif_ros import imaging
-from ssvif_train import losses
+from ssvif_train import losses, tensor_imaging
 
 
 def const(v, h=16, w=16):
@@ -103,6 +102,6 @@ def test_csc_brings_branches_to_the_image_resolution_and_averages():
 
 def test_colour_term_uses_the_imaging_module_conversion():
     x = torch.rand(1, 3, 16, 16)
-    ycc = imaging.rgb_to_ycbcr(x, channel_axis=1)
+    ycc = tensor_imaging.rgb_to_ycbcr(x)
     t = losses.fusion_terms(x, torch.zeros_like(x) + 0.5, x)
     assert float(t['color']) == pytest.approx(float((ycc[:, 1:] - 0.5).abs().mean()), abs=1e-6)

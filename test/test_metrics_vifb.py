@@ -22,16 +22,13 @@ score all 273 pairs (about 2 minutes).
 """
 import math
 import os
-from pathlib import Path
 
+from conftest import VIFB
 import pytest
 
 from ssvif_ros import metrics
 from ssvif_ros.imaging import read_image
 
-DATA = Path(os.environ.get('SSVIF_DATA',
-                           Path(__file__).resolve().parents[1].parent / 'shared' / 'data'))
-VIFB = DATA / 'vifb'
 REF = VIFB / 'output' / 'evaluation_metrics_single'
 FUSED = VIFB / 'output' / 'fused_images'
 VIFB_METRICS = ('Avg_gradient', 'Cross_entropy', 'Edge_intensity', 'Entropy', 'Mutinf', 'Psnr',

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ssvif_ros import imaging
+from ssvif_train import tensor_imaging
 from ssvif_train.models import registry
 from ssvif_train.models.segmentation import SegHead
 from ssvif_train.network import SSVIFNet
@@ -64,13 +65,13 @@ def test_shapes_and_range_after_padding(name, size):
     model = _small(name)
     vis, ir = _pair(2, *size)
     m = model.pad_multiple
-    ir_p, pad = imaging.pad_to_multiple(ir, m)
-    vis_p, _ = imaging.pad_to_multiple(vis, m)
+    ir_p, pad = tensor_imaging.pad_to_multiple(ir, m)
+    vis_p, _ = tensor_imaging.pad_to_multiple(vis, m)
     with torch.no_grad():
         fused = model(vis_p, ir_p)
     assert fused.shape == vis_p.shape
     assert vis_p.shape[-2] % m == 0 and vis_p.shape[-1] % m == 0
-    assert imaging.unpad(fused, pad).shape == vis.shape
+    assert tensor_imaging.unpad(fused, pad).shape == vis.shape
     assert torch.isfinite(fused).all()
     assert fused.min() >= 0.0 and fused.max() <= 1.0
 
@@ -124,12 +125,12 @@ def test_training_and_deployed_interfaces_of_one_net_agree(three_channel):
     vis, ir = _pair(1, 30, 44)
     with torch.no_grad():
         fused, feats = net.fuse(vis, ir)
-        vis_p, pad = imaging.pad_to_multiple(vis, net.pad_multiple)
-        ir_p, _ = imaging.pad_to_multiple(ir, net.pad_multiple)
+        vis_p, pad = tensor_imaging.pad_to_multiple(vis, net.pad_multiple)
+        ir_p, _ = tensor_imaging.pad_to_multiple(ir, net.pad_multiple)
         d_fused, ids, logits = net.for_export('bilinear', with_logits=True)(vis_p, ir_p)
         assert torch.allclose(logits, head(feats))
     assert fused.shape == vis.shape and d_fused.shape == vis_p.shape
-    assert torch.allclose(imaging.unpad(d_fused, pad), fused, atol=1e-6)
+    assert torch.allclose(tensor_imaging.unpad(d_fused, pad), fused, atol=1e-6)
     assert ids.dtype == torch.uint8 and ids.shape == (1,) + vis_p.shape[-2:]
     assert int(ids.max()) < 5
 
@@ -154,7 +155,7 @@ def test_checkpoint_round_trip(name, tmp_path):
     torch.manual_seed(3)
     model = registry.create_model(name, **SMALL[name]).eval()
     path = tmp_path / 'sub' / f'{name}.pt'
-    registry.save_model(path, model)
+    registry.atomic_torch_save({'fusion': registry.model_record(model)}, path)
     loaded = registry.load_model(path)
     assert type(loaded) is type(model)
     assert loaded.model_name == name and loaded.model_config == SMALL[name]
@@ -222,8 +223,9 @@ def test_rtfusion_zero_residual_is_max_luma():
         model.head_out.weight.zero_()
         model.head_out.bias.zero_()
         vis, ir = _pair(1, 24, 32, seed=5)
-        fused = imaging.nchw_to_hwc(model(vis, ir))
-    ref = imaging.max_luma_fusion(imaging.nchw_to_hwc(vis), imaging.nchw_to_hwc(ir))
+        fused = tensor_imaging.nchw_to_hwc(model(vis, ir))
+    ref = imaging.max_luma_fusion(tensor_imaging.nchw_to_hwc(vis),
+                                  tensor_imaging.nchw_to_hwc(ir))
     eps = model.eps
     np.testing.assert_allclose(fused, np.clip(ref, eps, 1.0 - eps), atol=1e-5)
 

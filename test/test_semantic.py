@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ssvif_ros import imaging, labels
+from ssvif_ros.dataset_paths import list_pairs
 from ssvif_train import losses
 from ssvif_train.cli import main as train_main
 from ssvif_train.config import ConfigError, load_config
@@ -39,10 +40,11 @@ def msrs_boxes(tmp_path, msrs_dir):
         root = tmp_path / name
         for sub in ('vi', 'ir', 'boxes'):
             (root / sub).mkdir(parents=True)
-        stems = sorted(p.stem for p in (msrs_dir / split / 'vi').iterdir())[:n]
-        for s in stems:
-            for sub, ext in (('vi', '.png'), ('ir', '.png'), ('boxes', '.txt')):
-                os.symlink(msrs_dir / split / sub / (s + ext), root / sub / (s + ext))
+        for vi, ir in list_pairs(msrs_dir / split)[:n]:
+            box = f'{vi.stem}.txt'
+            for src, dst in ((vi, root / 'vi' / vi.name), (ir, root / 'ir' / ir.name),
+                             (msrs_dir / split / 'boxes' / box, root / 'boxes' / box)):
+                os.symlink(src, dst)
         return root
     return make
 
@@ -190,7 +192,7 @@ def test_one_supervised_step_reaches_every_parameter_of_h_and_s(msrs_boxes, tmp_
     cfg = load_config(None, [f'data.root={root}', 'data.val_fraction=0',
                              'train.two_stage=false'] + SMALL)
     tr = Trainer(cfg, str(tmp_path / 'run'))
-    vis, ir, lab = next(iter(tr._loader(tr.train_ds, train=True)))
+    vis, ir, lab = next(iter(tr.loader(tr.train_ds, train=True)))
     assert (lab != 255).any()
     fused, la, lb = tr.net(vis, ir, True)
     sup = losses.supervised_total(losses.supervised_terms(la, lb, lab))

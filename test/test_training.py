@@ -10,10 +10,12 @@ import numpy as np
 import torch
 
 from ssvif_ros import imaging
+from ssvif_ros.dataset_paths import list_pairs
 from ssvif_train.cli import main as train_main
 from ssvif_train.config import load_config
 from ssvif_train.models.registry import load_model
 from ssvif_train.schedule import should_switch
+from ssvif_train.tensor_imaging import hwc_to_nchw
 from ssvif_train.trainer import Trainer
 
 SMALL = ['data.crop=48', 'data.val_crop=64', 'train.batch_size=2', 'train.steps_per_epoch=2',
@@ -60,10 +62,11 @@ def test_two_epochs_on_real_msrs_reach_stage_two_and_reload(msrs_subset, tmp_pat
     assert ckpt['seg']['preset'] == 'b3'
     # a checkpoint rebuilds its own model and gives identical outputs on a real full image
     model = load_model(out / 'last.pt')
-    vis = imaging.read_image(data / 'vi' / sorted(os.listdir(data / 'vi'))[0], mode='rgb')
-    ir = imaging.read_image(data / 'ir' / sorted(os.listdir(data / 'ir'))[0], mode='gray')
+    vi_path, ir_path = list_pairs(data)[0]
+    vis = imaging.read_image(vi_path, mode='rgb')
+    ir = imaging.read_image(ir_path, mode='gray')
     v, t = imaging.preprocess_pair(vis, ir)
-    vt, it = imaging.hwc_to_nchw(v)[:, :, :96, :128], imaging.hwc_to_nchw(t)[:, :, :96, :128]
+    vt, it = hwc_to_nchw(v)[:, :, :96, :128], hwc_to_nchw(t)[:, :, :96, :128]
     cfg = load_config(str(out / 'config.json'))
     trainer = Trainer(cfg, str(out), resume=True)
     trainer.net.eval()

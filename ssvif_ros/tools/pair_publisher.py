@@ -16,136 +16,20 @@ send them: mono16 = ``7000 + 8 v`` (radiometric counts using a few thousand of t
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 import sys
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ssvif_ros import imaging
+from ssvif_ros.dataset_paths import load_pairs, shared_data_dir
+from ssvif_ros.synthetic import synthetic_scene
 
 MATCH_SETTLE_S = 0.5  # after the subscribers appear, before the first frame
 RGB_TOPIC = 'rgb/image_raw'
 THERMAL_TOPIC = 'thermal/image_raw'
-
-
-def default_data_dir() -> Path:
-    """The shared data root: ``$SSVIF_DATA`` or ``../shared/data`` beside the repository."""
-    env = os.environ.get('SSVIF_DATA')
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
-
-
-def list_pairs(folder) -> List[Tuple[Path, Path]]:
-    """``(vi, ir)`` file pairs of an MSRS-layout folder, sorted by name.
-
-    Raises FileNotFoundError naming the folder when ``vi/`` or ``ir/`` is missing or no file name
-    occurs in both.
-    """
-    folder = Path(folder)
-    for d in (folder / 'vi', folder / 'ir'):
-        if not d.is_dir():
-            raise FileNotFoundError(f'paired image folder {folder} has no {d.name}/ subfolder')
-    return list_pairs_in(folder / 'vi', folder / 'ir')
-
-
-def list_pairs_in(vi_dir, ir_dir) -> List[Tuple[Path, Path]]:
-    """``(vi, ir)`` image files with the same name in two folders, sorted by name.
-
-    Raises FileNotFoundError naming the folder at fault.
-    """
-    vi_dir, ir_dir = Path(vi_dir), Path(ir_dir)
-    for d in (vi_dir, ir_dir):
-        if not d.is_dir():
-            raise FileNotFoundError(f'image folder not found: {d}')
-    ir_names = {p.name for p in ir_dir.iterdir()}
-    pairs = [(p, ir_dir / p.name) for p in sorted(vi_dir.iterdir())
-             if p.suffix.lower() in imaging.IMAGE_EXTENSIONS and p.name in ir_names]
-    if not pairs:
-        raise FileNotFoundError(f'no image name occurs in both {vi_dir} and {ir_dir}')
-    return pairs
-
-
-def load_pairs(folder, limit: Optional[int] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """Read up to ``limit`` pairs: (RGB uint8 H x W x 3, thermal H x W uint8/uint16)."""
-    out = []
-    for vi, ir in list_pairs(folder)[:limit]:
-        out.append((imaging.read_image(vi, 'rgb'), imaging.read_image(ir, 'gray')))
-    return out
-
-
-def synthetic_scene(index: int, width: int = 640, height: int = 480,
-                    seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """A night road scene as an RGB-thermal pair: (RGB uint8 H x W x 3, thermal uint8 H x W).
-
-    Dim visible image: dark blue sky, grey road with lane marks, a lit building, and pedestrians
-    in dark clothes that barely stand out from the road; thermal image: cold sky, road warmer
-    than the sky, and pedestrians and a car's engine bright. Pedestrians walk across the road
-    with ``index`` (one step per frame), so consecutive frames differ. Deterministic in
-    ``(index, seed)``; sensor noise differs per frame.
-    """
-    rng = np.random.default_rng(seed * 100003 + index)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)  # H x W each
-    v = yy / max(height - 1, 1)
-    u = xx / max(width - 1, 1)
-    horizon = 0.45
-    rgb = np.zeros((height, width, 3), np.float32)
-    th = np.zeros((height, width), np.float32)
-    sky = v < horizon
-    rgb[sky] = np.stack([0.05 + 0.05 * v[sky], 0.06 + 0.05 * v[sky], 0.15 + 0.1 * v[sky]], -1)
-    th[sky] = 0.08
-    # Road: a trapezoid widening towards the bottom; grass on both sides.
-    depth = np.clip((v - horizon) / (1 - horizon), 0, 1)
-    half = 0.08 + 0.45 * depth
-    road = (~sky) & (np.abs(u - 0.5) < half)
-    grass = (~sky) & ~road
-    rgb[road] = 0.18 + 0.06 * depth[road, None]
-    th[road] = 0.35 + 0.1 * depth[road]
-    rgb[grass] = np.stack([0.05 + 0 * depth[grass], 0.12 + 0.05 * depth[grass],
-                           0.05 + 0 * depth[grass]], -1)
-    th[grass] = 0.25
-    # Dashed centre line (visible only: paint has the road's temperature).
-    dash = road & (np.abs(u - 0.5) < 0.004 + 0.01 * depth) & (((v * 40) % 2) < 1)
-    rgb[dash] = 0.7
-    # A building with lit windows on the left above the horizon.
-    bld = (u > 0.05) & (u < 0.3) & (v > 0.15) & (v < horizon)
-    rgb[bld] = 0.12
-    th[bld] = 0.3
-    win = bld & (((u * 60) % 3) < 1.2) & (((v * 50) % 3) < 1.2)
-    rgb[win] = np.array([0.9, 0.8, 0.45], np.float32)
-    th[win] = 0.45
-    # A parked car on the right: dark in visible, warm engine in thermal.
-    car = (u > 0.68) & (u < 0.86) & (v > 0.58) & (v < 0.7)
-    rgb[car] = np.array([0.1, 0.1, 0.12], np.float32)
-    th[car] = 0.5
-    th[car & (u > 0.8)] = 0.85
-    # Pedestrians: ellipses (body) plus a head, walking across the road.
-    for k, (y0, speed, phase) in enumerate(((0.62, 0.004, 0.1), (0.75, -0.003, 0.7),
-                                            (0.55, 0.002, 0.4))):
-        x0 = (phase + speed * index) % 1.0
-        scale = 0.5 + (y0 - horizon)
-        body = (((u - x0) / (0.018 * scale)) ** 2 + ((v - y0) / (0.07 * scale)) ** 2) < 1
-        head = (((u - x0) / (0.012 * scale)) ** 2
-                + ((v - (y0 - 0.085 * scale)) / (0.016 * scale)) ** 2) < 1
-        person = body | head
-        rgb[person] = np.array([0.2, 0.19, 0.2], np.float32) + 0.01 * k
-        th[person] = 0.92 - 0.05 * k
-    rgb += rng.normal(0.0, 0.012, rgb.shape).astype(np.float32)
-    th += rng.normal(0.0, 0.02, th.shape).astype(np.float32)
-    return imaging.to_uint8(rgb), imaging.to_uint8(th)
-
-
-def write_synthetic_folder(folder, count: int, width: int = 640, height: int = 480) -> Path:
-    """Write ``count`` synthetic pairs as ``folder/vi/NNNNN.png`` and ``folder/ir/NNNNN.png``."""
-    folder = Path(folder)
-    for i in range(count):
-        rgb, th = synthetic_scene(i, width, height)
-        imaging.write_image(folder / 'vi' / f'{i:05d}.png', rgb)
-        imaging.write_image(folder / 'ir' / f'{i:05d}.png', th)
-    return folder
 
 
 def thermal_as(th8: np.ndarray, encoding: str) -> np.ndarray:
@@ -225,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         frames = [synthetic_scene(i, w, h) for i in range(args.synthetic)]
         source = f'{args.synthetic} synthetic frames ({w}x{h})'
     else:
-        folder = Path(args.data) if args.data else default_data_dir() / 'msrs' / 'val'
+        folder = Path(args.data) if args.data else shared_data_dir() / 'msrs' / 'val'
         try:
             frames = load_pairs(folder, args.limit)
         except (FileNotFoundError, ValueError) as exc:

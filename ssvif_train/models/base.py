@@ -5,7 +5,7 @@ expanded to three channels, paper appendix B-B) and returns the fused RGB image 
 [0, 1]. ``backbone`` produces the fused features (any structure the decoder needs, e.g. a list of
 skip tensors); ``seg_features`` picks the single tensor N x C x h x w the segmentation head H reads
 (``feature_channels`` = C). ``pad_multiple`` is the size divisor the model needs; callers pad with
-:func:`ssvif_ros.imaging.pad_to_multiple`.
+:func:`ssvif_train.tensor_imaging.pad_to_multiple`.
 """
 from __future__ import annotations
 

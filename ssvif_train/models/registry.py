@@ -13,7 +13,6 @@ def register(name: str):
         if name in _REGISTRY:
             raise ValueError(f'model name {name!r} registered twice')
         _REGISTRY[name] = cls
-        cls.registry_name = name
         return cls
     return deco
 
@@ -51,18 +50,12 @@ def model_from_record(record: dict):
     return model
 
 
-def save_model(path, model, extra: dict = None) -> None:
-    """Save a standalone model checkpoint atomically (temp file + rename)."""
-    rec = model_record(model)
-    if extra:
-        rec.update(extra)
-    atomic_torch_save(rec, path)
-
-
 def load_model(path, map_location='cpu'):
-    """Load a checkpoint written by :func:`save_model` or the trainer (``weights_only=True``).
+    """The fusion model of a training or deployment checkpoint (``weights_only=True``).
 
-    Returns the fusion model in eval mode. Raises FileNotFoundError / ValueError naming the path.
+    A checkpoint holds ``{'fusion': model_record(model), ...}``; a bare :func:`model_record`
+    also loads. Returns the fusion model in eval mode. Raises FileNotFoundError / ValueError
+    naming the path.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):

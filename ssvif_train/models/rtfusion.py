@@ -32,7 +32,7 @@ SegHead (64 hidden channels) on the 1/8 features (1.08 GMAC with ``seg_stride=4`
 bench/model_speed.py times F + H + argmax in ONNX Runtime.
 
 Sizes: ``pad_multiple`` = 8; H and W must be multiples of 8 (pad with
-:func:`ssvif_ros.imaging.pad_to_multiple`), else ``backbone`` raises ValueError. All size
+:func:`ssvif_train.tensor_imaging.pad_to_multiple`), else ``backbone`` raises ValueError. All size
 arithmetic follows the tensors (fixed x2 scales, no Python size ints), so an ONNX export keeps
 H and W dynamic.
 """
@@ -44,9 +44,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ssvif_ros import imaging
 from ssvif_train.models.base import FusionModel
 from ssvif_train.models.registry import register
+from ssvif_train.tensor_imaging import luma_weights
 
 STRIDE = 8
 _BASES = ('max_luma', 'none')
@@ -191,7 +191,7 @@ class RTFusion(FusionModel):
             self.head_out.bias.zero_()
         # Luma weights of the base (BT.601 from ssvif_ros.imaging; the mean if c != 3).
         if c == 3:
-            luma = imaging.rgb_to_gray(torch.eye(3), channel_axis=1)        # 3
+            luma = luma_weights()                                           # 3
         else:
             luma = torch.full((c,), 1.0 / c)
         self.register_buffer('luma', luma.reshape(1, c, 1, 1).float(), persistent=False)
@@ -207,8 +207,8 @@ class RTFusion(FusionModel):
         h, w = vis.shape[-2], vis.shape[-1]
         if not _is_exporting() and (h % STRIDE or w % STRIDE or ir.shape != vis.shape):
             raise ValueError(f'rtfusion needs vis and ir of equal size with H and W multiples '
-                             f'of {STRIDE} (pad with ssvif_ros.imaging.pad_to_multiple); got '
-                             f'vis {tuple(vis.shape)}, ir {tuple(ir.shape)}')
+                             f'of {STRIDE} (pad with ssvif_train.tensor_imaging.pad_to_multiple);'
+                             f' got vis {tuple(vis.shape)}, ir {tuple(ir.shape)}')
         e1 = self.enc1(F.relu(self.stem_vis(vis) + self.stem_ir(ir)))      # N x w1 x H/2 x W/2
         e2 = self.enc2(self.down2(e1))                                      # N x w2 x H/4 x W/4
         e3 = self.enc3(self.down3(e2))                                      # N x w3 x H/8 x W/8

@@ -20,9 +20,9 @@ reference's infrared-visible configuration):
 About 0.983 M parameters at the defaults (the SSVIF paper's table IV: 0.98 M).
 
 Sizes: ``pad_multiple`` = ``window_size``; callers pad with
-:func:`ssvif_ros.imaging.pad_to_multiple` (reflection). Any other H x W still works: the
-backbone and the decoder replicate-pad internally to the window multiple and crop back, so the
-features and the output always have the input's H x W. All window bookkeeping (partition,
+:func:`ssvif_train.tensor_imaging.pad_to_multiple` (reflection). Any other H x W still works:
+the backbone and the decoder replicate-pad internally to the window multiple and crop back, so
+the features and the output always have the input's H x W. All window bookkeeping (partition,
 cyclic shift, shifted-window mask) is computed from tensor shapes with torch ops, so an ONNX
 export keeps H and W dynamic.
 
