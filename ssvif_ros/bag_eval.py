@@ -644,7 +644,7 @@ def report_markdown(rep: Dict) -> str:
     lines.append('')
     b = rep['boxes']
     if b is not None:
-        from ssvif_ros.eval_cli import box_markdown
+        from ssvif_ros.eval_labels import box_markdown
         lines += [box_markdown({rep['backend']: b}, list(b['classes']), b['n_images'])]
         if not b['semantic']:
             lines += ["The model's classes are not the semantic MSRS ids: box scores are 0.", '']
@@ -669,7 +669,7 @@ def write_plots(rep: Dict, scores: Scores, out: Path) -> None:
     """latency.png, metrics.png (matplotlib, Agg) and classes.png (the class-overlay strip)."""
     plot_latency(rep, out / 'latency.png')
     plot_metrics(rep, out / 'metrics.png')
-    from ssvif_ros.eval_cli import write_class_sheet
+    from ssvif_ros.contact_sheets import write_class_sheet
     b = scores.backend
     write_class_sheet(out / 'classes.png', scores.strip, b.class_names, b.palette)
 

@@ -182,14 +182,14 @@ def class_sheet(backend: str, model: str, path: Path, msrs: Optional[Path],
     """Write a contact sheet of class maps of ``n`` MSRS and ``n`` RoadScene pairs.
 
     The pairs are fused with the node's backend and model
-    (:func:`ssvif_ros.eval_cli.write_class_sheet`).
+    (:func:`ssvif_ros.contact_sheets.write_class_sheet`).
 
     Without the shared data the rows come from the synthetic scene. Returns the path, or None
     when the backend has no class map (identity, maxluma).
     """
     from ssvif_ros import imaging
     from ssvif_ros.backends import BackendError, create_backend
-    from ssvif_ros.eval_cli import write_class_sheet
+    from ssvif_ros.contact_sheets import write_class_sheet
     from ssvif_ros.dataset_paths import load_pairs, shared_data_dir
     from ssvif_ros.synthetic import synthetic_scene
     try:

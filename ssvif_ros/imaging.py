@@ -25,6 +25,11 @@ image means the same thing everywhere. Conventions:
 * Models need spatial sizes divisible by their stride: :func:`pad_to_multiple` pads with
   reflection at the bottom and right, :func:`unpad` removes it.
 
+Why one module of ~450 lines: it is the single owner of what a pixel means (colour space,
+thermal scale, padding, class colours, file formats); every stage of training, export, the
+tools and the node goes through it, so a second module would be a second place to look for one
+of these conventions. Each section is a few short functions.
+
 Heavy imports (cv2) are lazy.
 """
 from __future__ import annotations

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format='%(asctime)s %(name)s %(levelname)s: %(message)s')
     from ssvif_train.config import ConfigError, load_config
-    from ssvif_train.data import DatasetError
+    from ssvif_train.discovery import DatasetError
     from ssvif_train.trainer import Trainer, TrainingError
     overrides = list(args.overrides)
     if args.data:

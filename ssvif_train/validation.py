@@ -14,7 +14,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from ssvif_ros import imaging, labels, metrics
+from ssvif_ros import imaging, labels, metrics, seg_metrics
 from ssvif_train import losses
 from ssvif_train.tensor_imaging import nchw_to_hwc
 
@@ -55,7 +55,7 @@ def validate(net, loader, val_ds, cfg, lambdas: Dict[str, float], semantic: bool
                     scorer.add(ids[b], boxes)
                     has_boxes = True
                 if val_ds.kinds[index] == 'pixels':
-                    confusion += metrics.confusion_matrix(
+                    confusion += seg_metrics.confusion_matrix(
                         ids[b], label[b].numpy().astype(np.uint8), n_cls, labels.IGNORE)
                     has_pixels = True
                 index += 1
@@ -66,7 +66,7 @@ def validate(net, loader, val_ds, cfg, lambdas: Dict[str, float], semantic: bool
         out['val_box_f1'] = res['box_f1']
         out.update({f'val_{c}_f1': v['f1'] for c, v in res['classes'].items()})
     if has_pixels:
-        out['val_miou'] = metrics.iou_from_confusion(confusion)[1]
+        out['val_miou'] = seg_metrics.iou_from_confusion(confusion)[1]
     if metric_rows:
         for k in metric_rows[0]:
             out[f'val_{k}'] = float(np.mean([r[k] for r in metric_rows]))

@@ -100,7 +100,7 @@ def test_default_model_class_map_commutes_with_a_mirror(default_backend, msrs_di
 
 def test_demo_class_sheet_shows_msrs_and_roadscene_rows(msrs_dir, tmp_path):
     from ssvif_ros.demo import class_sheet
-    from ssvif_ros.eval_cli import TILE_HEIGHT
+    from ssvif_ros.contact_sheets import TILE_HEIGHT
     path = class_sheet('onnxruntime', '', tmp_path / 'classes.png', msrs_dir / 'val', n=2)
     sheet = imaging.read_image(path)
     rows = 2 * 2 if (msrs_dir.parent / 'roadscene').is_dir() else 2

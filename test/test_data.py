@@ -6,8 +6,8 @@ import pytest
 
 from ssvif_ros import imaging
 from ssvif_train.config import load_config
-from ssvif_train.data import (build_datasets, check_pairs, DatasetError, discover_pairs,
-                              PairDataset, split_pairs)
+from ssvif_train.data import build_datasets, PairDataset
+from ssvif_train.discovery import check_pairs, DatasetError, discover_pairs, split_pairs
 
 
 def write_pair(root, vi_dir, ir_dir, stem, size=(40, 30), ir_dtype=np.uint8, ir_ext='.png',
@@ -85,7 +85,7 @@ def test_errors_name_the_path(tmp_path):
 
 
 def test_split_is_deterministic_nine_to_one():
-    from ssvif_train.data import Pair
+    from ssvif_train.discovery import Pair
     pairs = [Pair(f'{i:03d}', 'v', 'i') for i in range(50)]
     tr1, va1 = split_pairs(pairs, 0.1, seed=3)
     tr2, va2 = split_pairs(list(reversed(pairs)), 0.1, seed=3)

@@ -11,7 +11,7 @@ from conftest import REPO, VIFB
 import numpy as np
 import pytest
 
-from ssvif_ros import eval_cli, imaging, metrics
+from ssvif_ros import contact_sheets, eval_cli, eval_fusion, imaging, metrics
 
 
 def _run(args):
@@ -86,8 +86,8 @@ def test_fusion_on_vifb_images_matches_metrics_and_vifb(tmp_path):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 5 and rows[0]['image'] == 'manWalking'
     sheet = imaging.read_image(out / 'contact_sheet.png')
-    assert sheet.ndim == 3 and sheet.shape[0] == eval_cli.TILE_HEIGHT + 22 + 4
-    assert sheet.shape[1] > 5 * eval_cli.TILE_HEIGHT  # vi | ir | 3 methods
+    assert sheet.ndim == 3 and sheet.shape[0] == contact_sheets.TILE_HEIGHT + 22 + 4
+    assert sheet.shape[1] > 5 * contact_sheets.TILE_HEIGHT  # vi | ir | 3 methods
 
 
 def test_fusion_on_small_images_reports_missing_and_size(tmp_path, capsys):
@@ -118,10 +118,10 @@ def test_fusion_on_small_images_reports_missing_and_size(tmp_path, capsys):
 
 def test_match_fused_prefers_longest_stem_and_method_suffix():
     files = {s: Path(f'{s}.jpg') for s in ('walking_ADF', 'walking2_ADF', 'walking_CBF', 'x')}
-    m, amb = eval_cli.match_fused(['walking', 'walking2', 'x'], files, 'ADF')
+    m, amb = eval_fusion.match_fused(['walking', 'walking2', 'x'], files, 'ADF')
     assert m['walking'].name == 'walking_ADF.jpg' and m['walking2'].name == 'walking2_ADF.jpg'
     assert m['x'].name == 'x.jpg' and not amb
-    m, amb = eval_cli.match_fused(['walking', 'walking2', 'x'], files, 'GTF')
+    m, amb = eval_fusion.match_fused(['walking', 'walking2', 'x'], files, 'GTF')
     assert 'walking' not in m and amb['walking'] == ['walking_ADF.jpg', 'walking_CBF.jpg']
     assert m['walking2'].name == 'walking2_ADF.jpg'  # single candidate
 

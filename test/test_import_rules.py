@@ -56,9 +56,10 @@ def test_bag_tools_import_neither_rclpy_nor_torch_until_they_talk_to_ros():
 
 PACKAGES = ('ssvif_ros', 'ssvif_train')
 # The ROS-free, torch-free core: every other layer may import these, they import no layer above.
-CORE = ('ssvif_ros.imaging', 'ssvif_ros.metrics', 'ssvif_ros.labels', 'ssvif_ros.pairing',
-        'ssvif_ros.frames', 'ssvif_ros.model_card', 'ssvif_ros.dataset_paths',
-        'ssvif_ros.synthetic')
+CORE = ('ssvif_ros.imaging', 'ssvif_ros.metrics', 'ssvif_ros.fusion_metrics',
+        'ssvif_ros.seg_metrics', 'ssvif_ros.labels', 'ssvif_ros.pairing', 'ssvif_ros.frames',
+        'ssvif_ros.model_card', 'ssvif_ros.dataset_paths', 'ssvif_ros.synthetic',
+        'ssvif_ros.contact_sheets')
 TORCH_ALLOWED = ('ssvif_train', 'ssvif_ros.backends.torch_backend')
 ROS_PACKAGES = ('rclpy', 'rclpy_lifecycle', 'launch', 'launch_ros', 'launch_testing', 'rosbag2_py',
                 'sensor_msgs', 'std_msgs', 'diagnostic_msgs', 'lifecycle_msgs',
@@ -154,7 +155,7 @@ def _node_and_tools(files, raw):
     """The node and tool modules: the ROS layer, ssvif_ros.tools, the CLIs and the demo."""
     tools = {m for m in files
              if _is_under(m, ('ssvif_ros.tools', 'ssvif_ros.fusion_node', 'ssvif_ros.demo'))
-             or m.startswith('ssvif_ros.bag_') or m.endswith('_cli')}
+             or m.startswith(('ssvif_ros.bag_', 'ssvif_ros.eval_')) or m.endswith('_cli')}
     return (tools | _ros_layer(raw)) - set(CORE)
 
 

@@ -1,4 +1,4 @@
-"""Hand-computed cases and identities for ssvif_ros.metrics (no data files needed).
+"""Hand-computed cases and identities for the metrics of ssvif_ros (no data files needed).
 
 Covers the metrics VIFB has no values for (VIF, MS-SSIM, SCD, ΔE, the cddfuse convention) and
 small exact cases of the others; independent implementations (pytorch-msssim, scikit-image) are
@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from ssvif_ros import metrics as M
+from ssvif_ros import fusion_metrics as FM, metrics as M, seg_metrics as SM
 
 
 def _smooth_random(shape, seed, lo=20.0, hi=235.0):
@@ -29,18 +29,18 @@ def _smooth_random(shape, seed, lo=20.0, hi=235.0):
 def test_entropy_of_two_and_four_level_images():
     two = np.zeros((8, 8))
     two[:, 4:] = 255
-    assert M.entropy(two) == pytest.approx(1.0, abs=1e-15)
+    assert FM.entropy(two) == pytest.approx(1.0, abs=1e-15)
     four = np.tile(np.array([0.0, 10.0, 20.0, 30.0]), (4, 1))
-    assert M.entropy(four) == pytest.approx(2.0, abs=1e-15)
-    assert M.entropy(np.full((5, 5), 7.0)) == 0.0
+    assert FM.entropy(four) == pytest.approx(2.0, abs=1e-15)
+    assert FM.entropy(np.full((5, 5), 7.0)) == 0.0
 
 
 def test_cross_entropy_hand_value_and_self():
     a = np.array([[0.0, 0.0, 255.0, 255.0]])
     f = np.array([[0.0, 255.0, 255.0, 255.0]])
     expected = 0.5 * math.log2(0.5 / 0.25) + 0.5 * math.log2(0.5 / 0.75)
-    assert M.cross_entropy(a, f) == pytest.approx(expected, abs=1e-15)
-    assert M.cross_entropy(a, a) == 0.0
+    assert FM.cross_entropy(a, f) == pytest.approx(expected, abs=1e-15)
+    assert FM.cross_entropy(a, a) == 0.0
 
 
 @pytest.mark.parametrize('convention', M.CONVENTIONS)
@@ -49,22 +49,22 @@ def test_mutual_information_hand_values_and_symmetry(convention):
     a[:, 2:] = 255  # left / right halves
     b = np.zeros((4, 4))
     b[2:, :] = 255  # top / bottom halves: independent of a, joint uniform over 4 cells
-    assert M.mutual_information(a, a, convention) == pytest.approx(math.log(2), abs=1e-15)
-    assert M.mutual_information(a, b, convention) == pytest.approx(0.0, abs=1e-15)
+    assert FM.mutual_information(a, a, convention) == pytest.approx(math.log(2), abs=1e-15)
+    assert FM.mutual_information(a, b, convention) == pytest.approx(0.0, abs=1e-15)
     x = _smooth_random((40, 50), 1)
     y = _smooth_random((40, 50), 2)
-    assert M.mutual_information(x, y, convention) == pytest.approx(
-        M.mutual_information(y, x, convention), abs=1e-12)
+    assert FM.mutual_information(x, y, convention) == pytest.approx(
+        FM.mutual_information(y, x, convention), abs=1e-12)
     # MI(x, x) = H(x) in nats (x spans 20..235: VIFB's stretch to 0..255 keeps levels apart).
-    assert M.mutual_information(x, x, convention) == pytest.approx(
-        M.entropy(x) * math.log(2), abs=1e-12)
+    assert FM.mutual_information(x, x, convention) == pytest.approx(
+        FM.entropy(x) * math.log(2), abs=1e-12)
 
 
 def test_vifb_mi_stretches_to_full_range():
     x = np.array([[10.0, 20.0], [20.0, 30.0]])
     # VIFB stretches min..max to 0..255: three levels 0, 128, 255 with p = 1/4, 1/2, 1/4.
     h = -(0.25 * math.log(0.25) * 2 + 0.5 * math.log(0.5))
-    assert M.mutual_information(x, x, 'vifb') == pytest.approx(h, abs=1e-15)
+    assert FM.mutual_information(x, x, 'vifb') == pytest.approx(h, abs=1e-15)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,16 +72,16 @@ def test_vifb_mi_stretches_to_full_range():
 
 def test_sd_sf_ag_ei_hand_values():
     x = np.array([[0.0, 2.0], [2.0, 0.0]])
-    assert M.std_dev(x) == 1.0
+    assert FM.std_dev(x) == 1.0
     # SF: horizontal diffs (2, -2), vertical (2, -2).
-    assert M.spatial_frequency(x, 'vifb') == pytest.approx(math.sqrt((8 + 8) / 4))
-    assert M.spatial_frequency(x, 'cddfuse') == pytest.approx(math.sqrt(4 + 4))
+    assert FM.spatial_frequency(x, 'vifb') == pytest.approx(math.sqrt((8 + 8) / 4))
+    assert FM.spatial_frequency(x, 'cddfuse') == pytest.approx(math.sqrt(4 + 4))
     ramp = np.tile(np.arange(6, dtype=np.float64) * 3.0, (5, 1))  # 5 x 6, slope 3 along x
     s = 3.0 / math.sqrt(2.0)  # per pixel sqrt((3^2 + 0) / 2)
-    assert M.average_gradient(ramp, 'vifb') == pytest.approx(30 * s / (4 * 5))
-    assert M.average_gradient(ramp, 'cddfuse') == pytest.approx(s)
+    assert FM.average_gradient(ramp, 'vifb') == pytest.approx(30 * s / (4 * 5))
+    assert FM.average_gradient(ramp, 'cddfuse') == pytest.approx(s)
     # Sobel (replicate border): interior |4 x(j-1) - 4 x(j+1)| = 8 * 3; border columns 4 * 3.
-    assert M.edge_intensity(ramp) == pytest.approx((24.0 * 4 + 12.0 * 2) / 6)
+    assert FM.edge_intensity(ramp) == pytest.approx((24.0 * 4 + 12.0 * 2) / 6)
 
 
 def test_vifb_spatial_frequency_lays_channels_side_by_side():
@@ -96,20 +96,20 @@ def test_psnr_rmse_hand_values():
     a = np.full((16, 16), 10.0)
     b = np.full((16, 16), 20.0)
     f = np.full((16, 16), 15.0)
-    assert M.rmse(a, b, f, 'cddfuse') == pytest.approx(5.0)
-    assert M.rmse(a, b, f, 'vifb') == pytest.approx(5.0 / math.sqrt(n))  # VIFB helper quirk
-    assert M.psnr(a, b, f, 'cddfuse') == pytest.approx(10 * math.log10(15.0 ** 2 / 25.0))
-    assert M.psnr(a, b, f, 'vifb') == pytest.approx(
+    assert FM.rmse(a, b, f, 'cddfuse') == pytest.approx(5.0)
+    assert FM.rmse(a, b, f, 'vifb') == pytest.approx(5.0 / math.sqrt(n))  # VIFB helper quirk
+    assert FM.psnr(a, b, f, 'cddfuse') == pytest.approx(10 * math.log10(15.0 ** 2 / 25.0))
+    assert FM.psnr(a, b, f, 'vifb') == pytest.approx(
         20 * math.log10(255.0 / math.sqrt(5.0 / math.sqrt(n))))
 
 
 def test_scd_of_sum_is_two_and_sign():
     a = _smooth_random((30, 40), 3)
     b = _smooth_random((30, 40), 4)
-    assert M.scd(a, b, a + b) == pytest.approx(2.0, abs=1e-12)
+    assert FM.scd(a, b, a + b) == pytest.approx(2.0, abs=1e-12)
     # F = 0: corr(-B, A) + corr(-A, B) = -2 corr(A, B).
-    assert M.scd(a, b, np.zeros_like(a)) == pytest.approx(-2 * np.corrcoef(a.ravel(),
-                                                                           b.ravel())[0, 1])
+    assert FM.scd(a, b, np.zeros_like(a)) == pytest.approx(-2 * np.corrcoef(a.ravel(),
+                                                                            b.ravel())[0, 1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,8 +117,8 @@ def test_scd_of_sum_is_two_and_sign():
 
 def test_ssim_identity_and_sum_over_sources():
     x = _smooth_random((40, 48), 5)
-    assert M.ssim(x, x) == pytest.approx(1.0, abs=1e-12)
-    assert M.ssim(x, x, 'cddfuse') == pytest.approx(1.0, abs=1e-12)
+    assert FM.ssim(x, x) == pytest.approx(1.0, abs=1e-12)
+    assert FM.ssim(x, x, 'cddfuse') == pytest.approx(1.0, abs=1e-12)
     vals = M.compute_fusion_metrics(x, x, x, ['SSIM'], 'vifb')
     assert vals['SSIM'] == pytest.approx(2.0, abs=1e-12)
 
@@ -137,26 +137,26 @@ def test_ssim_matches_pytorch_msssim():
     win = torch.from_numpy(g / g.sum()).reshape(1, 1, 1, 11)
     ref_ssim = float(pm.ssim(t(a), t(f), data_range=255.0, win=win))
     ref_ms = float(pm.ms_ssim(t(a), t(f), data_range=255.0, win=win))
-    assert M.ssim(a, f) == pytest.approx(ref_ssim, rel=1e-10)
-    assert M.ms_ssim(a, f) == pytest.approx(ref_ms, rel=1e-10)
-    assert M.ms_ssim(a, a) == pytest.approx(1.0, abs=1e-12)
-    assert M.ms_ssim(a, f) < 1.0
+    assert FM.ssim(a, f) == pytest.approx(ref_ssim, rel=1e-10)
+    assert FM.ms_ssim(a, f) == pytest.approx(ref_ms, rel=1e-10)
+    assert FM.ms_ssim(a, a) == pytest.approx(1.0, abs=1e-12)
+    assert FM.ms_ssim(a, f) < 1.0
 
 
 def test_cddfuse_ssim_uses_data_range_two():
     from skimage.metrics import structural_similarity
     a = _smooth_random((40, 40), 8)
     f = _smooth_random((40, 40), 9)
-    assert M.ssim(a, f, 'cddfuse') == pytest.approx(
+    assert FM.ssim(a, f, 'cddfuse') == pytest.approx(
         structural_similarity(f, a, win_size=7, data_range=2.0), abs=1e-15)
-    assert M.ssim(a, f, 'cddfuse') != pytest.approx(
+    assert FM.ssim(a, f, 'cddfuse') != pytest.approx(
         structural_similarity(f, a, win_size=7, data_range=255.0), abs=1e-6)
 
 
 def test_ms_ssim_too_small_image_is_a_clear_error():
     x = _smooth_random((160, 300), 1)
     with pytest.raises(ValueError, match='161'):
-        M.ms_ssim(x, x)
+        FM.ms_ssim(x, x)
     errs = []
     out = M.compute_fusion_metrics(x, x, x, ['EN', 'MS_SSIM'], errors=errs)
     assert math.isnan(out['MS_SSIM']) and out['EN'] > 0
@@ -171,10 +171,10 @@ def test_qabf_identity_value_and_flat_fusion():
     # VIFB scales by 255, so gA == gF takes the quirk branch GAF = gF (huge): QgAF = Tg, and
     # equal orientations give QaAF = Ta / (1 + exp(-22 * 0.2)).
     expected = 0.9994 * 0.9879 / (1.0 + math.exp(-22.0 * 0.2))
-    assert M.qabf(x, x, x) == pytest.approx(expected, rel=1e-12)
+    assert FM.qabf(x, x, x) == pytest.approx(expected, rel=1e-12)
     # A black fused image has no edges (zero border too): GAF = 0 wherever a source has an
     # edge, so every QgAF <= Tg / (1 + exp(7.5)).
-    flat = M.qabf(x, _smooth_random((32, 32), 11), np.zeros((32, 32)))
+    flat = FM.qabf(x, _smooth_random((32, 32), 11), np.zeros((32, 32)))
     assert 0 < flat <= 0.9994 / (1.0 + math.exp(7.5))
 
 
@@ -200,22 +200,22 @@ def test_vif_checkerboard_hand_value(gain):
     vid = math.log10(1 + gain ** 2 * var / (1e-10 + sq))
     vind = math.log10(1 + var / sq)
     f1 = (vid + 1e-7) / (vind + 1e-7)
-    assert M.vif(x, x, f) == pytest.approx((f1 + 0.15 + 1.0) / 2.15, rel=1e-9)
+    assert FM.vif(x, x, f) == pytest.approx((f1 + 0.15 + 1.0) / 2.15, rel=1e-9)
     vifp = math.log10(1 + gain ** 2 * var / (1e-10 + 2.0)) / math.log10(1 + var / 2.0)
-    assert M.vif_pixel(x, f, 2.0) == pytest.approx(vifp, rel=1e-9)
+    assert FM.vif_pixel(x, f, 2.0) == pytest.approx(vifp, rel=1e-9)
     cdd = M.compute_fusion_metrics(x, x, f, ['VIF'], 'cddfuse')['VIF']
     assert cdd == pytest.approx(2 * vifp, rel=1e-9)
 
 
 def test_vif_identity_and_contrast_gain():
     x = _smooth_random((80, 90), 12)
-    assert M.vif(x, x, x) == pytest.approx(1.0, rel=1e-9)  # eps guards: 1 - 1e-12
+    assert FM.vif(x, x, x) == pytest.approx(1.0, rel=1e-9)  # eps guards: 1 - 1e-12
     noisy = np.clip(x + np.random.default_rng(0).normal(0, 25, x.shape), 0, 255)
-    assert 0 < M.vif(x, x, noisy) < 0.9
+    assert 0 < FM.vif(x, x, noisy) < 0.9
     # VIFF keeps, per pixel, the source with the *smaller* gain g (as Han's public code does):
     # a source unrelated to F pulls the score down even when F equals the other source.
     y = _smooth_random((80, 90), 13)
-    assert M.vif(x, y, x) < 0.9
+    assert FM.vif(x, y, x) < 0.9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,24 +263,24 @@ SHARMA = [
 
 def test_ciede2000_sharma_pairs():
     pairs = np.asarray(SHARMA)
-    d = M.delta_e_lab(pairs[:, 0:3], pairs[:, 3:6])
+    d = FM.delta_e_lab(pairs[:, 0:3], pairs[:, 3:6])
     np.testing.assert_allclose(d, pairs[:, 6], atol=5e-5)
-    np.testing.assert_allclose(M.delta_e_lab(pairs[:, 3:6], pairs[:, 0:3]), pairs[:, 6],
+    np.testing.assert_allclose(FM.delta_e_lab(pairs[:, 3:6], pairs[:, 0:3]), pairs[:, 6],
                                atol=5e-5)  # symmetric
 
 
 def test_delta_e_images():
     rng = np.random.default_rng(1)
     vis = rng.integers(0, 256, (30, 40, 3)).astype(np.float64)
-    assert M.delta_e(vis, vis) == 0.0
+    assert FM.delta_e(vis, vis) == 0.0
     grey = rng.integers(0, 256, (30, 40)).astype(np.float64)
-    assert M.delta_e(np.repeat(grey[:, :, None], 3, axis=2), grey) == 0.0
+    assert FM.delta_e(np.repeat(grey[:, :, None], 3, axis=2), grey) == 0.0
     # float32 fast path against a float64 reference with scikit-image.
     from skimage.color import deltaE_ciede2000, rgb2lab
     fused = np.clip(vis + rng.normal(0, 20, vis.shape), 0, 255).round()
     ref = deltaE_ciede2000(rgb2lab(vis / 255.0), rgb2lab(fused / 255.0)).mean()
-    assert M.delta_e(vis, fused) == pytest.approx(ref, abs=1e-4)
-    assert M.delta_e(vis, fused) > 1.0
+    assert FM.delta_e(vis, fused) == pytest.approx(ref, abs=1e-4)
+    assert FM.delta_e(vis, fused) > 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,18 +294,18 @@ def test_vifb_scores_each_channel_and_averages():
                     255).round()
     out = M.compute_fusion_metrics(vis, ir, fused, ['MI', 'Qabf', 'SSIM', 'CE', 'EN'], 'vifb')
     per = [(vis[:, :, k], ir, fused[:, :, k]) for k in range(3)]
-    assert out['MI'] == pytest.approx(np.mean([M.mutual_information(a, f)
-                                               + M.mutual_information(b, f) for a, b, f in per]))
-    assert out['Qabf'] == pytest.approx(np.mean([M.qabf(a, b, f) for a, b, f in per]))
-    assert out['SSIM'] == pytest.approx(np.mean([M.ssim(a, f) + M.ssim(b, f)
+    assert out['MI'] == pytest.approx(np.mean([FM.mutual_information(a, f)
+                                               + FM.mutual_information(b, f) for a, b, f in per]))
+    assert out['Qabf'] == pytest.approx(np.mean([FM.qabf(a, b, f) for a, b, f in per]))
+    assert out['SSIM'] == pytest.approx(np.mean([FM.ssim(a, f) + FM.ssim(b, f)
                                                  for a, b, f in per]))
-    assert out['CE'] == pytest.approx(np.mean([(M.cross_entropy(a, f) + M.cross_entropy(b, f))
+    assert out['CE'] == pytest.approx(np.mean([(FM.cross_entropy(a, f) + FM.cross_entropy(b, f))
                                                / 2 for a, b, f in per]))
-    assert out['EN'] == pytest.approx(np.mean([M.entropy(f) for _, _, f in per]))
+    assert out['EN'] == pytest.approx(np.mean([FM.entropy(f) for _, _, f in per]))
     # cddfuse: one grey plane, round(0.299 R + 0.587 G + 0.114 B).
     cdd = M.compute_fusion_metrics(vis, ir, fused, ['EN'], 'cddfuse')
     grey = np.round(0.299 * fused[:, :, 0] + 0.587 * fused[:, :, 1] + 0.114 * fused[:, :, 2])
-    assert cdd['EN'] == pytest.approx(M.entropy(grey))
+    assert cdd['EN'] == pytest.approx(FM.entropy(grey))
 
 
 def test_names_aliases_and_order():
@@ -359,20 +359,20 @@ def test_conventions_table_lists_every_metric():
 def test_confusion_iou_miou_hand_values_with_ignore():
     label = np.array([[0, 0, 1, 255], [1, 2, 2, 255]])
     pred = np.array([[0, 1, 1, 2], [1, 2, 0, 7]])  # 7 sits on an ignored pixel
-    cm = M.confusion_matrix(pred, label, 4, ignore_index=255)
+    cm = SM.confusion_matrix(pred, label, 4, ignore_index=255)
     np.testing.assert_array_equal(cm, [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0],
                                        [0, 0, 0, 0]])
-    iou, miou = M.iou_from_confusion(cm)
+    iou, miou = SM.iou_from_confusion(cm)
     np.testing.assert_allclose(iou[:3], [1 / 3, 2 / 3, 1 / 2])
     assert np.isnan(iou[3])  # class 3 in neither label nor prediction
     assert miou == pytest.approx(0.5)
-    assert M.pixel_accuracy(cm) == pytest.approx(4 / 6)
+    assert SM.pixel_accuracy(cm) == pytest.approx(4 / 6)
 
 
 def test_confusion_errors():
     with pytest.raises(ValueError, match='predicted ids'):
-        M.confusion_matrix(np.array([0, 5]), np.array([0, 1]), 3)
+        SM.confusion_matrix(np.array([0, 5]), np.array([0, 1]), 3)
     with pytest.raises(ValueError, match='label ids'):
-        M.confusion_matrix(np.array([0, 1]), np.array([0, 9]), 3)
+        SM.confusion_matrix(np.array([0, 1]), np.array([0, 9]), 3)
     with pytest.raises(ValueError, match='shape'):
-        M.confusion_matrix(np.zeros((2, 2)), np.zeros((2, 3)), 3)
+        SM.confusion_matrix(np.zeros((2, 2)), np.zeros((2, 3)), 3)

@@ -14,7 +14,8 @@ from ssvif_ros.dataset_paths import list_pairs
 from ssvif_train import losses
 from ssvif_train.cli import main as train_main
 from ssvif_train.config import ConfigError, load_config
-from ssvif_train.data import build_datasets, discover_pairs, label_spec, PairDataset
+from ssvif_train.data import build_datasets, label_spec, PairDataset
+from ssvif_train.discovery import discover_pairs
 from ssvif_train.export import main as export_main
 from ssvif_train.trainer import Trainer
 
