@@ -486,7 +486,6 @@ def qcb(a, b, f) -> float:
 
 
 _QCV_WIN = 16
-_QCV_ALPHA = 5  # saliency exponent (spelled out in _qcv_saliency)
 
 
 def _block_sum(x: np.ndarray, n: int) -> np.ndarray:

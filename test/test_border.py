@@ -1,12 +1,11 @@
 """No border artefacts: padding and strides must not create classes along the image edges."""
-import os
-
 import numpy as np
 import pytest
 import torch
 
 from ssvif_ros import imaging
 from ssvif_ros.backends import create_backend
+from ssvif_ros.dataset_paths import list_pairs
 from ssvif_train.models.registry import create_model
 from ssvif_train.models.segmentation import SegHead
 from ssvif_train.network import SSVIFNet
@@ -75,11 +74,10 @@ def test_default_model_class_map_commutes_with_a_mirror(default_backend, msrs_di
     Checked over the image and in the 40 px strips along the left and right edges, where the
     old model drew stripes.
     """
-    stems = sorted(os.listdir(msrs_dir / 'val' / 'vi'))[:6]
     agree, left, right, objects = [], [], [], 0
-    for s in stems:
-        vis = imaging.read_image(msrs_dir / 'val' / 'vi' / s, mode='rgb')
-        ir = imaging.read_image(msrs_dir / 'val' / 'ir' / s, mode='gray')
+    for vi_path, ir_path in list_pairs(msrs_dir / 'val')[:6]:
+        vis = imaging.read_image(vi_path, mode='rgb')
+        ir = imaging.read_image(ir_path, mode='gray')
         v, t = imaging.preprocess_pair(vis, ir)
         _, ids = default_backend.infer(v, t)
         _, ids_m = default_backend.infer(np.ascontiguousarray(v[:, ::-1]),

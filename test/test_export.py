@@ -149,21 +149,22 @@ def test_fuse_cli_writes_outputs_and_reports_bad_files(trained, msrs_dir, tmp_pa
     vi, ir = tmp_path / 'vi', tmp_path / 'ir'
     vi.mkdir()
     ir.mkdir()
-    stems = sorted(os.listdir(msrs_dir / 'val' / 'vi'))[:2]
-    for s in stems:
-        os.symlink(msrs_dir / 'val' / 'vi' / s, vi / s)
-        os.symlink(msrs_dir / 'val' / 'ir' / s, ir / s)
+    pairs = list_pairs(msrs_dir / 'val')[:2]
+    for v, t in pairs:
+        os.symlink(v, vi / v.name)
+        os.symlink(t, ir / t.name)
     (vi / 'broken.png').write_bytes(b'xx')
     (ir / 'broken.png').write_bytes(b'xx')
-    os.symlink(msrs_dir / 'val' / 'vi' / stems[0], vi / 'alone.png')
+    os.symlink(pairs[0][0], vi / 'alone.png')
     out = tmp_path / 'out'
     rc = fuse_main(['--vi', str(vi), '--ir', str(ir), '--out', str(out), '--model', str(model)])
     assert rc == 1
     report = json.loads((out / 'report.json').read_text())
     assert report['written'] == 2 and list(report['failed']) == ['broken']
     assert report['visible_without_thermal'] == ['alone']
-    for s in stems:
-        fused = imaging.read_image(out / 'fused' / s)
-        ids = imaging.read_image(out / 'segmentation' / s)
+    for v, _ in pairs:
+        name = f'{v.stem}.png'
+        fused = imaging.read_image(out / 'fused' / name)
+        ids = imaging.read_image(out / 'segmentation' / name)
         assert fused.shape == (480, 640, 3) and ids.shape == (480, 640) and ids.max() < 15
-        assert (out / 'segmentation_color' / s).is_file()
+        assert (out / 'segmentation_color' / name).is_file()

@@ -276,9 +276,9 @@ def test_semantic_export_card_and_onnx_class_map_match_torch(msrs_boxes, msrs_di
     torch_b = create_backend('torch', str(out), threads=1)
     assert ort_b.class_names == ('background', 'car', 'person', 'bike')
     assert ort_b.palette.shape == (4, 3) and tuple(ort_b.palette[labels.PERSON]) == (220, 20, 60)
-    stem = sorted(os.listdir(msrs_dir / 'val' / 'vi'))[0]
-    vis = imaging.read_image(msrs_dir / 'val' / 'vi' / stem, mode='rgb')
-    ir = imaging.read_image(msrs_dir / 'val' / 'ir' / stem, mode='gray')
+    vi_path, ir_path = list_pairs(msrs_dir / 'val')[0]
+    vis = imaging.read_image(vi_path, mode='rgb')
+    ir = imaging.read_image(ir_path, mode='gray')
     v, t = imaging.preprocess_pair(vis, ir)
     fa, ia = ort_b.infer(v, t)
     fb, ib = torch_b.infer(v, t)
