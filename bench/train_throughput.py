@@ -78,8 +78,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = data_root(tmp)
         rows = []
-        for name, ov, stage in setups:
-            sps = measure(root, os.path.join(tmp, 'run'), common + ov, args.steps, stage)
+        for i, (name, ov, stage) in enumerate(setups):
+            # one run folder per set-up: the trainer refuses a folder that holds a run
+            sps = measure(root, os.path.join(tmp, f'run{i}'), common + ov, args.steps, stage)
             rows.append((name, sps))
             print(f'  {name:32s} {sps:7.3f} steps/s', flush=True)
     base = rows[0][1]
