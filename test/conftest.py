@@ -1,6 +1,7 @@
 """Shared fixtures: where the real data lives, how to run the package's own Python."""
 import os
 from pathlib import Path
+import signal
 import sys
 
 import pytest
@@ -12,6 +13,11 @@ DATA = shared_data_dir()
 MSRS = DATA / 'msrs'
 VIFB = DATA / 'vifb'
 PYTHON = sys.executable
+
+# A shell starts background jobs with SIGINT ignored, and children inherit an ignored signal
+# (but not a handler): tests that stop a node or player with SIGINT would then wait in vain.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def need(path: Path, what: str) -> Path:

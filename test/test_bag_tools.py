@@ -346,13 +346,18 @@ def test_play_loop_repeats_until_interrupted(tmp_path, val4):
                            env=env, stderr=subprocess.PIPE, text=True, cwd=REPO)
     play = subprocess.Popen([sys.executable, '-m', 'ssvif_ros.bag_cli', 'play', str(bag),
                              '--loop', '--rate', '4', '--topics', '/rgb/image_raw',
-                             '--wait-subscribers', '20'],
+                             '--wait-subscribers', '20', '--log', str(tmp_path / 'log.csv')],
                             env=env, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline and not (tmp_path / 'rec').exists():
-            time.sleep(0.1)
-        time.sleep(3.0)  # a round is 4 frames at 40 Hz: 0.1 s
+        # Wait for published rounds, not for a fixed time: two Python processes starting and
+        # discovering each other take seconds on a loaded machine. A round is 4 frames.
+        deadline = time.monotonic() + 60
+        log = tmp_path / 'log.csv'
+        while time.monotonic() < deadline and play.poll() is None:
+            if log.exists() and len(log.read_text().splitlines()) > 5 * 4:
+                break
+            time.sleep(0.2)
+        time.sleep(0.5)
     finally:
         play_err = interrupt(play)
         time.sleep(0.5)
