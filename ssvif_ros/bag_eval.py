@@ -9,7 +9,7 @@ Two modes, one report:
 * **offline** (default): the bag is read with rosbags in recording order; RGB and thermal frames
   are paired by header stamp with the node's pairing class
   (:class:`ssvif_ros.pairing.ApproxTimePairer`, the node's slop / queue / reset parameters),
-  decoded and registered by the node's own :func:`ssvif_ros.fusion_node.prepare_pair`, and fused
+  decoded and registered by the node's own :func:`ssvif_ros.frames.prepare_pair`, and fused
   by the same backend (``--backend``/``--model``/``--param`` as the node's parameters). The
   results go to the output bag ``DIR/fused`` (mcap): ``/fused/image`` (rgb8) and
   ``/fused/segmentation`` (mono8 class ids), each with the RGB input's header, bag time = the bag
@@ -62,9 +62,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ssvif_ros import imaging, labels, metrics
-from ssvif_ros.bag_extract import (check_frame, ExtractError as BagError, FrameError, open_bag,
-                                   read_messages, select_connections, stamp_ns, STREAM_NAMES)
+from ssvif_ros.bag_extract import (ExtractError as BagError, open_bag, read_messages,
+                                   select_connections)
 from ssvif_ros.bag_make import image_message, read_frames, typestore
+from ssvif_ros.frames import check_frame, FrameError, prepare_pair, stamp_ns, STREAM_NAMES
 from ssvif_ros.pairing import ApproxTimePairer
 
 PROG = 'ssvif-bag eval'
@@ -79,31 +80,28 @@ IMAGE_TYPE = 'sensor_msgs/msg/Image'
 
 
 def parse_params(items: Sequence[str]) -> Dict[str, Any]:
-    """``['slop:=0.03']`` -> ``{'slop': 0.03}`` (values parsed as YAML, like ``-p``)."""
-    import yaml
-    out = {}
-    for item in items or ():
-        name, sep, value = item.partition(':=')
-        if not sep or not name:
-            raise BagError(f'--param {item!r}: expected NAME:=VALUE, e.g. slop:=0.03')
-        out[name] = yaml.safe_load(value)
-    return out
+    """``['slop:=0.03']`` -> ``{'slop': 0.03}``; BagError for a malformed item."""
+    from ssvif_ros.node_params import parse_assignments
+    try:
+        return parse_assignments(items)
+    except ValueError as exc:
+        raise BagError(str(exc)) from None
 
 
 def node_config(backend: str, model: str, params: Dict[str, Any]):
     """(FusionConfig, model path) for these settings; BagError names a bad parameter."""
-    from ssvif_ros.fusion_node import make_config, PARAMETERS, resolve_model, StartupError
-    values = {p.name: p.default for p in PARAMETERS}
-    unknown = sorted(set(params) - set(values))
-    if unknown:
-        raise BagError(f'--param {unknown[0]}: not a fusion_node parameter (they are: '
-                       f'{", ".join(values)})')
+    from ssvif_ros.node_params import defaults, make_config, model_path, StartupError
+    values = defaults()
     values.update(params)
     values['backend'], values['model'] = backend, model
     try:
         cfg = make_config(values)
-        return cfg, resolve_model(cfg.model, cfg.backend)
-    except (ValueError, StartupError) as exc:
+        return cfg, model_path(cfg.model, cfg.backend)
+    except ValueError as exc:
+        msg = str(exc)
+        raise BagError('--param ' + msg[len('parameter '):] if 'not a fusion_node' in msg
+                       else msg) from None
+    except StartupError as exc:
         raise BagError(str(exc)) from None
 
 
@@ -140,7 +138,7 @@ class Scores:
     def add(self, stamp: int, th_stamp: int, vis: np.ndarray, ir: np.ndarray, fused8: np.ndarray,
             ids: np.ndarray, t_s: float, latency_ms: float) -> None:
         """Score one fused frame (vis/ir: the backend's float inputs, fused8: rgb8 output)."""
-        vis8, ir8 = imaging.to_uint8(vis), imaging.to_uint8(ir[:, :, 0])
+        vis8, ir8 = imaging.to_uint8(vis), imaging.to_uint8(ir)  # ir: the H x W thermal plane
         errs: List[str] = []
         vals = metrics.compute_fusion_metrics(vis8, ir8, fused8, names=METRICS, errors=errs)
         stem = self.stems.get(stamp, '')
@@ -338,8 +336,6 @@ def run_offline(args, cfg, model, out: Path, stems, scores_factory) -> Dict[str,
     from tqdm import tqdm
 
     from ssvif_ros.bag_make import METADATA_VERSION
-    from ssvif_ros.fusion_node import FrameError as NodeFrameError, prepare_pair
-
     backend = load_backend(cfg, model)
     inputs = InputPass(args.bag, args.rgb_topic, args.thermal_topic, cfg)
     out_bag = out / 'fused'
@@ -366,8 +362,8 @@ def run_offline(args, cfg, model, out: Path, stems, scores_factory) -> Dict[str,
             paired += [(RGB, stamp), (THERMAL, th_stamp)]
             t0 = time.perf_counter()
             try:
-                vis, ir = prepare_pair(rgb_msg, th_msg, cfg)  # H x W x 3 float32 each
-            except NodeFrameError as exc:
+                vis, ir = prepare_pair(rgb_msg, th_msg, cfg)  # H x W x 3, H x W float32
+            except FrameError as exc:
                 failed[(RGB, stamp)] = exc.reason
                 continue
             fused, ids = backend.infer(vis, ir)  # H x W x 3 float32, H x W uint8
@@ -465,7 +461,6 @@ def run_live(args, cfg, model, out: Path, stems, scores_factory) -> Dict[str, An
             published.setdefault(stamp, t_pub)
     outputs, diag = read_recorded(rec_bag)
     inputs = InputPass(args.bag, args.rgb_topic, args.thermal_topic, cfg)
-    from ssvif_ros.fusion_node import FrameError as NodeFrameError, prepare_pair
     backend = load_backend(cfg, model)  # its class names, palette and description
     scores = None
     paired, n_pairs = [], 0
@@ -485,7 +480,7 @@ def run_live(args, cfg, model, out: Path, stems, scores_factory) -> Dict[str, An
         recv_ns, fused8, ids = got
         try:
             vis, ir = prepare_pair(rgb_msg, th_msg, cfg)
-        except NodeFrameError:
+        except FrameError:
             continue
         lat = (recv_ns - published[stamp]) / 1e6 if stamp in published else float('nan')
         if ids is None:

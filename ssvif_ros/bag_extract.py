@@ -59,16 +59,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ssvif_ros import imaging, ros_image
+from ssvif_ros import imaging
+from ssvif_ros.frames import (ALLOWED_TYPES, check_frame, COMPRESSED_TYPE, decode_thermal,
+                              decode_visible, FrameError, RGB, stamp_ns, STREAM_NAMES, THERMAL)
 from ssvif_ros.pairing import ApproxTimePairer
 
 PROG = 'ssvif-bag-extract'
-STREAM_NAMES = ('rgb', 'thermal')
-RGB, THERMAL = 0, 1
-# Same sets as ssvif_ros.fusion_node (which cannot be imported here: it imports rclpy).
-IMAGE_TYPE = 'sensor_msgs/msg/Image'
-COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
-ALLOWED_TYPES = ((IMAGE_TYPE, COMPRESSED_TYPE), (IMAGE_TYPE,))
 REPORT_NAME = 'extract.json'
 STAGING_NAME = '.extract-staging'
 MAX_EXAMPLES = 20
@@ -76,75 +72,6 @@ MAX_EXAMPLES = 20
 
 class ExtractError(Exception):
     """Unusable input or output: printed as one line naming the thing at fault, exit status 2."""
-
-
-class FrameError(Exception):
-    """One frame that cannot be used; ``reason`` (``<stream>.<tag>``) is its counter key."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-
-# ---------------------------------------------------------------------------------------------
-# Frames
-
-
-def stamp_ns(msg) -> int:
-    """Header stamp of a message in integer nanoseconds."""
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-
-
-def check_frame(stream: int, msg, msgtype: str) -> None:
-    """Cheap metadata checks done before pairing (as the node does); raises FrameError."""
-    name = STREAM_NAMES[stream]
-    if msgtype == COMPRESSED_TYPE:
-        fmt = str(msg.format).lower()
-        if 'compresseddepth' in fmt:
-            raise FrameError(f'{name}.unsupported_format',
-                             f'{name} CompressedImage format {msg.format!r} is a depth format')
-        if len(msg.data) == 0:
-            raise FrameError(f'{name}.zero_size', f'{name} CompressedImage has no data')
-        return
-    try:
-        ros_image.check_image(msg)
-    except ros_image.ImageFormatError as exc:
-        raise FrameError(f'{name}.{exc.reason}', f'{name} frame: {exc}') from None
-    allowed = ros_image.RGB_ENCODINGS if stream == RGB else ros_image.THERMAL_ENCODINGS
-    if msg.encoding not in allowed:
-        raise FrameError(f'{name}.unsupported_encoding',
-                         f'{name} encoding {msg.encoding!r} is not one of {", ".join(allowed)}')
-
-
-def _decode_compressed(msg) -> np.ndarray:
-    """CompressedImage (jpeg/png...) -> H x W x 3 uint8 RGB."""
-    try:
-        return imaging.decode_image(msg.data)
-    except ValueError:
-        raise FrameError('rgb.decode_failed',
-                         f'RGB CompressedImage ({msg.format!r}, {len(msg.data)} bytes) cannot '
-                         'be decoded') from None
-
-
-def visible_array(msg, msgtype: str) -> np.ndarray:
-    """RGB frame -> H x W x 3 uint8 RGB (H x W for mono8); raises FrameError."""
-    if msgtype == COMPRESSED_TYPE:
-        return _decode_compressed(msg)
-    try:
-        return ros_image.image_to_numpy(msg, rgb=True)  # H x W x 3 RGB or H x W mono
-    except ros_image.ImageFormatError as exc:
-        raise FrameError(f'rgb.{exc.reason}', f'RGB frame: {exc}') from None
-
-
-def thermal_array(msg) -> np.ndarray:
-    """Thermal frame -> H x W uint8 / uint16 / float32 raw values; raises FrameError."""
-    try:
-        raw = ros_image.image_to_numpy(msg)  # H x W
-    except ros_image.ImageFormatError as exc:
-        raise FrameError(f'thermal.{exc.reason}', f'thermal frame: {exc}') from None
-    if raw.dtype.kind == 'f' and not np.isfinite(raw).all():
-        raise FrameError('thermal.non_finite', 'thermal frame contains NaN or Inf values')
-    return raw
 
 
 def thermal_file_kind(raw: np.ndarray) -> Tuple[str, str]:
@@ -450,12 +377,12 @@ class Extraction:
         (rgb_type, rgb_topic, rgb_msg), (_, th_topic, th_msg) = pair.items
         stem = str(pair.stamps[RGB])
         try:
-            vis = visible_array(rgb_msg, rgb_type)  # H x W x 3 uint8 RGB (H x W mono8)
+            vis = decode_visible(rgb_msg, rgb_type)  # H x W x 3 uint8 RGB (H x W mono8)
         except FrameError as exc:
             self.fail(exc, pair.stamps[RGB], rgb_topic)
             return False
         try:
-            ir = thermal_array(th_msg)  # h x w uint8 / uint16 / float32
+            ir = decode_thermal(th_msg)  # h x w uint8 / uint16 / float32
         except FrameError as exc:
             self.fail(exc, pair.stamps[THERMAL], th_topic)
             return False
