@@ -74,6 +74,22 @@ class ExtractError(Exception):
     """Unusable input or output: printed as one line naming the thing at fault, exit status 2."""
 
 
+def guarded(prog: str, run, *args) -> int:
+    """Run ``run(*args)`` as a command and return its exit status.
+
+    ExtractError (every bag tool's BagError) is printed as ``<prog>: error: ...`` with status
+    2, Ctrl-C as ``<prog>: interrupted`` with 130.
+    """
+    try:
+        return run(*args)
+    except ExtractError as exc:
+        print(f'{prog}: error: {exc}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f'{prog}: interrupted', file=sys.stderr)
+        return 130
+
+
 def thermal_file_kind(raw: np.ndarray) -> Tuple[str, str]:
     """File extension and report label used for a thermal array of this dtype."""
     if raw.dtype == np.uint8:
@@ -631,18 +647,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``ssvif-bag-extract``; returns the exit status (0 ok, 2 unusable input, 130 Ctrl-C)."""
     args = build_parser().parse_args(argv)
-    try:
-        if args.start is not None and args.end is not None and args.end <= args.start:
-            raise ExtractError(f'--end {args.end} must be after --start {args.start}')
-        if not args.reset_after > 0.0:
-            raise ExtractError(f'--reset-after must be > 0 seconds, got {args.reset_after}')
-        return run(args)
-    except ExtractError as exc:
-        print(f'{PROG}: error: {exc}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f'{PROG}: interrupted', file=sys.stderr)
-        return 130
+    return guarded(PROG, _checked_run, args)
+
+
+def _checked_run(args) -> int:
+    if args.start is not None and args.end is not None and args.end <= args.start:
+        raise ExtractError(f'--end {args.end} must be after --start {args.start}')
+    if not args.reset_after > 0.0:
+        raise ExtractError(f'--reset-after must be > 0 seconds, got {args.reset_after}')
+    return run(args)
 
 
 if __name__ == '__main__':
