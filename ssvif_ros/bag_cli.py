@@ -17,7 +17,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from ssvif_ros.bag_extract import guarded
+from ssvif_ros.bag_read import guarded
 
 PROG = 'ssvif-bag'
 VERBS = ('make', 'play', 'record', 'eval', 'extract')

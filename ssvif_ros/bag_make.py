@@ -43,7 +43,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ssvif_ros import imaging
-from ssvif_ros.bag_extract import ExtractError as BagError, guarded
+from ssvif_ros.bag_read import BagError, guarded
 from ssvif_ros.tools.pair_publisher import list_pairs_in, rgb_as, thermal_as
 
 PROG = 'ssvif-bag make'
