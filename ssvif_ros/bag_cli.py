@@ -17,7 +17,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from ssvif_ros.bag_extract import ExtractError as BagError
+from ssvif_ros.bag_read import guarded
 
 PROG = 'ssvif-bag'
 VERBS = ('make', 'play', 'record', 'eval', 'extract')
@@ -46,23 +46,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from ssvif_ros import bag_extract
         return bag_extract.main(argv[1:])
     args = build_parser().parse_args(argv)
-    prog = f'{PROG} {args.verb}'
-    try:
-        if args.verb == 'make':
-            from ssvif_ros.bag_make import run
-        elif args.verb == 'play':
-            from ssvif_ros.bag_live import run_play as run
-        elif args.verb == 'record':
-            from ssvif_ros.bag_live import run_record as run
-        else:
-            from ssvif_ros.bag_eval import run
-        return run(args)
-    except BagError as exc:
-        print(f'{prog}: error: {exc}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f'{prog}: interrupted', file=sys.stderr)
-        return 130
+    if args.verb == 'make':
+        from ssvif_ros.bag_make import run
+    elif args.verb == 'play':
+        from ssvif_ros.bag_live import run_play as run
+    elif args.verb == 'record':
+        from ssvif_ros.bag_live import run_record as run
+    else:
+        from ssvif_ros.bag_eval import run
+    return guarded(f'{PROG} {args.verb}', run, args)
 
 
 if __name__ == '__main__':

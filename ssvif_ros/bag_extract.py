@@ -59,92 +59,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ssvif_ros import imaging, ros_image
+from ssvif_ros import imaging
+from ssvif_ros.bag_read import BagError, guarded, open_bag, read_messages, select_connections
+from ssvif_ros.frames import (check_frame, decode_thermal, decode_visible, FrameError, RGB,
+                              stamp_ns, STREAM_NAMES, THERMAL)
 from ssvif_ros.pairing import ApproxTimePairer
 
 PROG = 'ssvif-bag-extract'
-STREAM_NAMES = ('rgb', 'thermal')
-RGB, THERMAL = 0, 1
-# Same sets as ssvif_ros.fusion_node (which cannot be imported here: it imports rclpy).
-IMAGE_TYPE = 'sensor_msgs/msg/Image'
-COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
-ALLOWED_TYPES = ((IMAGE_TYPE, COMPRESSED_TYPE), (IMAGE_TYPE,))
 REPORT_NAME = 'extract.json'
 STAGING_NAME = '.extract-staging'
 MAX_EXAMPLES = 20
-
-
-class ExtractError(Exception):
-    """Unusable input or output: printed as one line naming the thing at fault, exit status 2."""
-
-
-class FrameError(Exception):
-    """One frame that cannot be used; ``reason`` (``<stream>.<tag>``) is its counter key."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-
-# ---------------------------------------------------------------------------------------------
-# Frames
-
-
-def stamp_ns(msg) -> int:
-    """Header stamp of a message in integer nanoseconds."""
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-
-
-def check_frame(stream: int, msg, msgtype: str) -> None:
-    """Cheap metadata checks done before pairing (as the node does); raises FrameError."""
-    name = STREAM_NAMES[stream]
-    if msgtype == COMPRESSED_TYPE:
-        fmt = str(msg.format).lower()
-        if 'compresseddepth' in fmt:
-            raise FrameError(f'{name}.unsupported_format',
-                             f'{name} CompressedImage format {msg.format!r} is a depth format')
-        if len(msg.data) == 0:
-            raise FrameError(f'{name}.zero_size', f'{name} CompressedImage has no data')
-        return
-    try:
-        ros_image.check_image(msg)
-    except ros_image.ImageFormatError as exc:
-        raise FrameError(f'{name}.{exc.reason}', f'{name} frame: {exc}') from None
-    allowed = ros_image.RGB_ENCODINGS if stream == RGB else ros_image.THERMAL_ENCODINGS
-    if msg.encoding not in allowed:
-        raise FrameError(f'{name}.unsupported_encoding',
-                         f'{name} encoding {msg.encoding!r} is not one of {", ".join(allowed)}')
-
-
-def _decode_compressed(msg) -> np.ndarray:
-    """CompressedImage (jpeg/png...) -> H x W x 3 uint8 RGB."""
-    try:
-        return imaging.decode_image(msg.data)
-    except ValueError:
-        raise FrameError('rgb.decode_failed',
-                         f'RGB CompressedImage ({msg.format!r}, {len(msg.data)} bytes) cannot '
-                         'be decoded') from None
-
-
-def visible_array(msg, msgtype: str) -> np.ndarray:
-    """RGB frame -> H x W x 3 uint8 RGB (H x W for mono8); raises FrameError."""
-    if msgtype == COMPRESSED_TYPE:
-        return _decode_compressed(msg)
-    try:
-        return ros_image.image_to_numpy(msg, rgb=True)  # H x W x 3 RGB or H x W mono
-    except ros_image.ImageFormatError as exc:
-        raise FrameError(f'rgb.{exc.reason}', f'RGB frame: {exc}') from None
-
-
-def thermal_array(msg) -> np.ndarray:
-    """Thermal frame -> H x W uint8 / uint16 / float32 raw values; raises FrameError."""
-    try:
-        raw = ros_image.image_to_numpy(msg)  # H x W
-    except ros_image.ImageFormatError as exc:
-        raise FrameError(f'thermal.{exc.reason}', f'thermal frame: {exc}') from None
-    if raw.dtype.kind == 'f' and not np.isfinite(raw).all():
-        raise FrameError('thermal.non_finite', 'thermal frame contains NaN or Inf values')
-    return raw
 
 
 def thermal_file_kind(raw: np.ndarray) -> Tuple[str, str]:
@@ -158,192 +82,6 @@ def thermal_file_kind(raw: np.ndarray) -> Tuple[str, str]:
 
 # ---------------------------------------------------------------------------------------------
 # Bag
-
-
-def _topic_listing(topics: Dict[str, Any]) -> str:
-    if not topics:
-        return '(the bag has no topics)'
-    return ', '.join(f'{name} ({info.msgtype or "several types"}, {info.msgcount} msgs)'
-                     for name, info in sorted(topics.items()))
-
-
-def open_bag(path: str):
-    """Open ``path`` with rosbags' AnyReader (entered); raises ExtractError naming the bag."""
-    try:
-        from rosbags.highlevel import AnyReader, AnyReaderError
-        from rosbags.typesys import get_typestore, Stores
-    except ImportError as exc:
-        raise ExtractError(f'the rosbags library is needed to read bags ({exc}); install it with '
-                           '"pip install rosbags==0.11.9"') from None
-    p = Path(path)
-    if not p.exists():
-        raise ExtractError(f'bag not found: {path}')
-    if p.is_dir() and not (p / 'metadata.yaml').exists():
-        raise ExtractError(f'{path} is a folder without metadata.yaml: not a ROS 2 bag (give the '
-                           'bag folder, or its .db3 / .mcap file)')
-    try:
-        reader = AnyReader([p], default_typestore=get_typestore(Stores.LATEST))
-        reader.open()
-    except (AnyReaderError, OSError, ValueError, KeyError) as exc:
-        mcaps = sorted(p.glob('*.mcap')) if p.is_dir() else [p] if p.suffix == '.mcap' else []
-        if len(mcaps) == 1:
-            # An MCAP file cut short (recorder killed, disk full) has no footer and no index,
-            # which rosbags needs; its records up to the cut are still readable in order.
-            salvage = SalvageMcapReader(mcaps[0], get_typestore(Stores.LATEST))
-            if salvage.connections:
-                return salvage
-        raise ExtractError(f'cannot read bag {path}: {exc}') from None
-    return reader
-
-
-class _Topic:
-    def __init__(self, msgtype: str):
-        self.msgtype = msgtype
-        self.msgcount = 0
-
-
-class _Conn:
-    def __init__(self, cid: int, topic: str, msgtype: str):
-        self.id, self.topic, self.msgtype = cid, topic, msgtype
-
-
-class SalvageMcapReader:
-    """Reads an MCAP file record by record up to where it is cut off (AnyReader's interface).
-
-    ``stopped`` is None when the file was read to its end, else ``(byte offset, reason)``.
-    Only uncompressed and zstd/lz4 chunks (when those modules are present) are read.
-    """
-
-    MAGIC = b'\x89MCAP0\r\n'
-
-    def __init__(self, path: Path, typestore):
-        import struct
-        self.path = path
-        self.typestore = typestore
-        self.stopped: Optional[Tuple[int, str]] = None
-        self._schemas: Dict[int, str] = {}
-        self.connections: List[_Conn] = []
-        self.topics: Dict[str, _Topic] = {}
-        self._messages: List[Tuple[_Conn, int, bytes]] = []
-        data = path.read_bytes()
-        if not data.startswith(self.MAGIC):
-            return
-        pos = len(self.MAGIC)
-        u64 = struct.Struct('<Q')
-        while True:
-            if pos == len(data):
-                self.stopped = (pos, 'the file ends without a footer')
-                break
-            if pos + 9 > len(data):
-                self.stopped = (pos, 'the file is cut inside a record header')
-                break
-            op = data[pos]
-            (length,) = u64.unpack_from(data, pos + 1)
-            if pos + 9 + length > len(data):
-                self.stopped = (len(data), f'cut inside a record of {length} bytes that '
-                                           f'starts at byte {pos}')
-                if op == 0x06:  # a cut chunk: its complete records are still readable
-                    try:
-                        self._record(op, data[pos + 9:], partial=True)
-                    except (struct.error, ValueError, KeyError, UnicodeDecodeError):
-                        pass
-                break
-            body = data[pos + 9:pos + 9 + length]
-            pos += 9 + length
-            if op == 0x02:  # footer: the end
-                break
-            try:
-                self._record(op, body)
-            except (struct.error, ValueError, KeyError, UnicodeDecodeError) as exc:
-                self.stopped = (pos - 9 - length, f'damaged record: {exc}')
-                break
-        self._messages.sort(key=lambda m: m[1])
-        self.start_time = self._messages[0][1] if self._messages else 0
-
-    def _record(self, op: int, body: bytes, partial: bool = False) -> None:
-        import struct
-
-        def string(off):
-            (n,) = struct.unpack_from('<I', body, off)
-            return body[off + 4:off + 4 + n].decode(), off + 4 + n
-        if op == 0x03:  # schema
-            sid, = struct.unpack_from('<H', body, 0)
-            name, _ = string(2)
-            self._schemas[sid] = name
-        elif op == 0x04:  # channel
-            cid, sid = struct.unpack_from('<HH', body, 0)
-            topic, _ = string(4)
-            msgtype = self._schemas.get(sid, '')
-            conn = _Conn(cid, topic, msgtype)
-            self.connections.append(conn)
-            self.topics.setdefault(topic, _Topic(msgtype))
-        elif op == 0x05:  # message
-            cid, _, log_time = struct.unpack_from('<HIQ', body, 0)
-            conn = next(c for c in self.connections if c.id == cid)
-            self.topics[conn.topic].msgcount += 1
-            self._messages.append((conn, log_time, body[22:]))
-        elif op == 0x06:  # chunk: records inside, possibly compressed
-            off = 8 + 8 + 8 + 4
-            compression, off = string(off)
-            (n,) = struct.unpack_from('<Q', body, off)
-            records = body[off + 8:off + 8 + n]
-            if compression == 'zstd':
-                import zstandard
-                records = zstandard.ZstdDecompressor().decompress(records)
-            elif compression == 'lz4':
-                import lz4.frame
-                records = lz4.frame.decompress(records)
-            elif compression:
-                raise ValueError(f'unsupported chunk compression {compression!r}')
-            i = 0
-            while i + 9 <= len(records):
-                (length,) = struct.unpack_from('<Q', records, i + 1)
-                if i + 9 + length > len(records):
-                    if partial:
-                        break
-                    raise ValueError('a record runs past the end of its chunk')
-                self._record(records[i], records[i + 9:i + 9 + length])
-                i += 9 + length
-
-    def messages(self, connections=None, start=None, stop=None):
-        """(connection, log time ns, raw CDR) in log-time order, as AnyReader.messages."""
-        ids = None if connections is None else {c.id for c in connections}
-        for conn, t, raw in self._messages:
-            if ((ids is None or conn.id in ids) and (start is None or t >= start)
-                    and (stop is None or t < stop)):
-                yield conn, t, raw
-
-    def deserialize(self, raw: bytes, msgtype: str):
-        """CDR bytes -> message object."""
-        return self.typestore.deserialize_cdr(raw, msgtype)
-
-    def close(self) -> None:
-        """Nothing to release (the file was read at open)."""
-
-
-def select_connections(reader, rgb_topic: str, thermal_topic: str):
-    """Check both topics and their types; return (connections, msgtypes, topic infos)."""
-    if rgb_topic == thermal_topic:
-        raise ExtractError(f'--rgb-topic and --thermal-topic are the same topic {rgb_topic!r}')
-    topics = reader.topics
-    infos = []
-    for stream, topic in ((RGB, rgb_topic), (THERMAL, thermal_topic)):
-        name = STREAM_NAMES[stream]
-        if topic not in topics:
-            raise ExtractError(f'{name} topic {topic!r} is not in the bag; its topics are: '
-                               f'{_topic_listing(topics)}')
-        info = topics[topic]
-        if info.msgtype not in ALLOWED_TYPES[stream]:
-            hint = ''
-            if stream == THERMAL and info.msgtype == COMPRESSED_TYPE:
-                hint = (' (compressed thermal images lose the measured values; record the raw '
-                        'topic)')
-            raise ExtractError(
-                f'{name} topic {topic!r} has type {info.msgtype or "(several types)"}, expected '
-                f'{" or ".join(ALLOWED_TYPES[stream])}{hint}')
-        infos.append(info)
-    conns = [c for c in reader.connections if c.topic in (rgb_topic, thermal_topic)]
-    return conns, (infos[0].msgtype, infos[1].msgtype), infos
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,20 +100,20 @@ def _prepare_output(out: Path, append: bool) -> Optional[Dict[str, Any]]:
             existing += [n for n in os.listdir(d)
                          if os.path.splitext(n)[1].lower() in imaging.IMAGE_EXTENSIONS]
     if existing and not append:
-        raise ExtractError(f'output folder {out} already holds {len(existing)} images in vi/ '
-                           'and ir/; use a new --out, or --append to add this bag to them')
+        raise BagError(f'output folder {out} already holds {len(existing)} images in vi/ '
+                       'and ir/; use a new --out, or --append to add this bag to them')
     previous = None
     report = out / REPORT_NAME
     if append and report.is_file():
         try:
             previous = json.loads(report.read_text())
         except (OSError, ValueError) as exc:
-            raise ExtractError(f'cannot read the existing report {report}: {exc}') from None
+            raise BagError(f'cannot read the existing report {report}: {exc}') from None
     try:
         for sub in ('vi', 'ir', STAGING_NAME):
             (out / sub).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ExtractError(f'cannot create output folder {out}: {exc.strerror or exc}') from None
+        raise BagError(f'cannot create output folder {out}: {exc.strerror or exc}') from None
     return previous
 
 
@@ -450,12 +188,12 @@ class Extraction:
         (rgb_type, rgb_topic, rgb_msg), (_, th_topic, th_msg) = pair.items
         stem = str(pair.stamps[RGB])
         try:
-            vis = visible_array(rgb_msg, rgb_type)  # H x W x 3 uint8 RGB (H x W mono8)
+            vis = decode_visible(rgb_msg, rgb_type)  # H x W x 3 uint8 RGB (H x W mono8)
         except FrameError as exc:
             self.fail(exc, pair.stamps[RGB], rgb_topic)
             return False
         try:
-            ir = thermal_array(th_msg)  # h x w uint8 / uint16 / float32
+            ir = decode_thermal(th_msg)  # h x w uint8 / uint16 / float32
         except FrameError as exc:
             self.fail(exc, pair.stamps[THERMAL], th_topic)
             return False
@@ -467,7 +205,7 @@ class Extraction:
         try:
             write_pair(self.out, stem, vis, ir)
         except (OSError, ValueError) as exc:
-            raise ExtractError(f'cannot write pair {stem} to {self.out}: {exc}') from None
+            raise BagError(f'cannot write pair {stem} to {self.out}: {exc}') from None
         self.kept += 1
         self.thermal_files[kind] = self.thermal_files.get(kind, 0) + 1
         for name, img in (('rgb', vis), ('thermal', ir)):
@@ -534,7 +272,7 @@ def _run(args, reader) -> int:
     try:
         ext = Extraction(args, Path(args.out))
     except ValueError as exc:  # slop / queue size / reset_after out of range
-        raise ExtractError(str(exc)) from None
+        raise BagError(str(exc)) from None
     stream_of = {args.rgb_topic: RGB, args.thermal_topic: THERMAL}
     lo, hi = _bag_window(reader, args.start, args.end)
     previous = _prepare_output(ext.out, args.append)
@@ -569,7 +307,7 @@ def _run(args, reader) -> int:
             code = 2
     except KeyboardInterrupt:
         ext.status, ext.error, code = 'interrupted', 'interrupted by the user', 130
-    except ExtractError as exc:  # the bag became unreadable, or the output unwritable
+    except BagError as exc:  # the bag became unreadable, or the output unwritable
         ext.status, ext.error, code = 'error', str(exc), 2
     except Exception as exc:  # a bug: still say in the report how far it got, then raise
         ext.status, ext.error = 'error', f'{type(exc).__name__}: {exc}'
@@ -588,19 +326,6 @@ def _run(args, reader) -> int:
             code = code or 2
     _print_summary(ext, report, code)
     return code
-
-
-def read_messages(reader, conns, lo: Optional[int], hi: Optional[int], bag: str):
-    """reader.messages(), with storage errors (a truncated or corrupt file) as ExtractError."""
-    it = reader.messages(connections=conns, start=lo, stop=hi)
-    while True:
-        try:
-            item = next(it)
-        except StopIteration:
-            return
-        except Exception as exc:  # noqa: BLE001 - sqlite/mcap/rosbags errors alike
-            raise ExtractError(f'cannot read bag {bag}: {type(exc).__name__}: {exc}') from None
-        yield item
 
 
 def _no_pairs_message(ext: Extraction) -> str:
@@ -704,18 +429,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``ssvif-bag-extract``; returns the exit status (0 ok, 2 unusable input, 130 Ctrl-C)."""
     args = build_parser().parse_args(argv)
-    try:
-        if args.start is not None and args.end is not None and args.end <= args.start:
-            raise ExtractError(f'--end {args.end} must be after --start {args.start}')
-        if not args.reset_after > 0.0:
-            raise ExtractError(f'--reset-after must be > 0 seconds, got {args.reset_after}')
-        return run(args)
-    except ExtractError as exc:
-        print(f'{PROG}: error: {exc}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f'{PROG}: interrupted', file=sys.stderr)
-        return 130
+    return guarded(PROG, _checked_run, args)
+
+
+def _checked_run(args) -> int:
+    if args.start is not None and args.end is not None and args.end <= args.start:
+        raise BagError(f'--end {args.end} must be after --start {args.start}')
+    if not args.reset_after > 0.0:
+        raise BagError(f'--reset-after must be > 0 seconds, got {args.reset_after}')
+    return run(args)
 
 
 if __name__ == '__main__':

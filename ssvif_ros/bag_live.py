@@ -40,7 +40,7 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ssvif_ros.bag_extract import ExtractError as BagError, open_bag
+from ssvif_ros.bag_read import BagError, open_bag
 
 PLAY_PROG, RECORD_PROG = 'ssvif-bag play', 'ssvif-bag record'
 SENSOR_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage',

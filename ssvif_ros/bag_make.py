@@ -43,7 +43,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ssvif_ros import imaging
-from ssvif_ros.bag_extract import ExtractError as BagError
+from ssvif_ros.bag_read import BagError, guarded
 from ssvif_ros.dataset_paths import list_pairs_in
 from ssvif_ros.tools.pair_publisher import rgb_as, thermal_as
 
@@ -270,8 +270,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``ssvif-bag make`` alone (``ssvif-bag make`` is the usual entry)."""
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split('\n\n')[0])
     add_arguments(ap)
-    try:
-        return run(ap.parse_args(argv))
-    except BagError as exc:
-        print(f'{PROG}: error: {exc}', file=sys.stderr)
-        return 2
+    return guarded(PROG, run, ap.parse_args(argv))

@@ -1,13 +1,16 @@
 """``ssvif-fuse``: run a model over folders of image pairs and write what the node would publish.
 
     ssvif-fuse --vi DIR --ir DIR --out DIR [--model M] [--backend onnxruntime] [--threads 2]
-               [--thermal-norm auto] [--no-seg]
+               [--thermal-norm auto] [--param NAME:=VALUE ...] [--no-seg]
 
-Pairs match by file stem (as in training). For each pair it writes ``OUT/fused/<stem>.png``
-(RGB), ``OUT/segmentation/<stem>.png`` (class ids, mono8) and
-``OUT/segmentation_color/<stem>.png`` (palette), all through :mod:`ssvif_ros.imaging` and the
-same backend interface as the node. Unpaired or unreadable files are listed by name at the end
-and in ``OUT/report.json``; the pairs already written stay.
+Pairs match by file stem (as in training). Each pair goes through the node's own frame path
+(:func:`ssvif_ros.frames.register_pair`: thermal normalization, ``thermal_homography``, the
+``size_mismatch`` policy, ``output_size``) with the node's parameters (``--param``, e.g.
+``--param output_size:=320x240``; :mod:`ssvif_ros.node_params`), then the same backend as the
+node. For each pair it writes ``OUT/fused/<stem>.png`` (RGB), ``OUT/segmentation/<stem>.png``
+(class ids, mono8) and ``OUT/segmentation_color/<stem>.png`` (the palette, blended over the
+fused image with ``overlay_alpha`` as the node does). Unpaired or unreadable files are listed
+by name at the end and in ``OUT/report.json``; the pairs already written stay.
 """
 from __future__ import annotations
 
@@ -17,7 +20,23 @@ import os
 import sys
 import time
 
-from ssvif_ros import imaging
+from ssvif_ros import frames, imaging
+from ssvif_ros.node_params import defaults, FusionConfig, make_config, parse_assignments
+
+
+def _config(args) -> FusionConfig:
+    """The node's configuration from ``--param`` and the thermal options; ValueError if bad."""
+    values = defaults()
+    values.update(parse_assignments(args.param))
+    values['thermal_norm'] = args.thermal_norm
+    for name in ('thermal_lo', 'thermal_hi'):
+        given = getattr(args, name)
+        if given is not None:
+            values[name] = given
+        elif args.thermal_norm == 'fixed':
+            raise ValueError(f'--thermal-norm fixed needs --{name.replace("_", "-")}')
+    values['backend'], values['model'] = args.backend, args.model
+    return make_config(values)
 
 
 def _pairs(vi_dir: str, ir_dir: str):
@@ -46,6 +65,9 @@ def main(argv=None) -> int:
     ap.add_argument('--thermal-norm', default='auto', choices=imaging.THERMAL_METHODS)
     ap.add_argument('--thermal-lo', type=float, default=None)
     ap.add_argument('--thermal-hi', type=float, default=None)
+    ap.add_argument('--param', nargs='+', default=[], metavar='NAME:=VALUE',
+                    help='fusion_node parameters, e.g. thermal_homography:="[...]" '
+                    'size_mismatch:=reject output_size:=640x480')
     ap.add_argument('--no-seg', action='store_true', help='write the fused images only')
     args = ap.parse_args(argv)
     from ssvif_ros.backends import BackendError, create_backend
@@ -54,7 +76,7 @@ def main(argv=None) -> int:
             print(f'ssvif-fuse: error: folder not found: {d}', file=sys.stderr)
             return 2
     try:
-        norm = imaging.ThermalNorm(args.thermal_norm, args.thermal_lo, args.thermal_hi)
+        cfg = _config(args)
         backend = create_backend(args.backend, args.model, threads=args.threads)
     except (ValueError, BackendError) as exc:
         print(f'ssvif-fuse: error: {exc}', file=sys.stderr)
@@ -81,21 +103,23 @@ def main(argv=None) -> int:
         it = pairs
     for stem, vp, ip in it:
         try:
-            vis, ir = imaging.preprocess_pair(imaging.read_image(vp, 'rgb'),
-                                              imaging.read_image(ip, 'gray'), norm)
+            vis, ir = frames.register_pair(imaging.read_image(vp, 'rgb'),
+                                           imaging.read_image(ip, 'gray'), cfg)
             t0 = time.perf_counter()
             fused, ids = backend.infer(vis, ir)
             times.append(time.perf_counter() - t0)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # frames.FrameError is a ValueError
             failed[stem] = str(exc)
             continue
         try:
-            imaging.write_image(os.path.join(args.out, 'fused', f'{stem}.png'),
-                                imaging.to_uint8(fused))
+            fused8 = imaging.to_uint8(fused)  # H x W x 3 uint8
+            imaging.write_image(os.path.join(args.out, 'fused', f'{stem}.png'), fused8)
             if not args.no_seg:
                 imaging.write_image(os.path.join(args.out, 'segmentation', f'{stem}.png'), ids)
+                color = imaging.class_overlay(fused8, ids, pal, cfg.overlay_alpha,
+                                              backend.semantic)  # H x W x 3 uint8
                 imaging.write_image(os.path.join(args.out, 'segmentation_color', f'{stem}.png'),
-                                    imaging.colorize(ids, pal))
+                                    color)
         except (OSError, ValueError) as exc:  # a full disk: the pairs written so far stay
             print(f'ssvif-fuse: error: cannot write the outputs of pair {stem} to {args.out}: '
                   f'{getattr(exc, "strerror", None) or exc}', file=sys.stderr)

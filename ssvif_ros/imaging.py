@@ -116,10 +116,12 @@ class ThermalNorm:
                              f'{self.p_lo}, {self.p_hi}')
 
 
-def normalize_thermal(img: np.ndarray, norm: Optional[ThermalNorm] = None) -> np.ndarray:
+def normalize_thermal(img: np.ndarray, norm: Optional[ThermalNorm] = None,
+                      check_finite: bool = True) -> np.ndarray:
     """Map a raw thermal frame (uint8, uint16 or float, H x W) to float32 [0, 1] (H x W).
 
-    Raises ValueError for an empty frame, a wrong shape or non-finite values.
+    Raises ValueError for an empty frame, a wrong shape or non-finite values; a caller that has
+    already scanned the frame for NaN/Inf passes ``check_finite=False`` (one scan per frame).
     """
     norm = norm or ThermalNorm()
     img = np.asarray(img)
@@ -136,7 +138,7 @@ def normalize_thermal(img: np.ndarray, norm: Optional[ThermalNorm] = None) -> np
     method = norm.method
     if method == 'auto':
         method = 'scale' if img.dtype == np.uint8 else 'percentile'
-    if img.dtype.kind == 'f' and not np.all(np.isfinite(img)):
+    if check_finite and img.dtype.kind == 'f' and not np.all(np.isfinite(img)):
         raise ValueError('thermal image contains NaN or Inf values')
     if method == 'scale':
         if img.dtype in (np.uint8, np.uint16):

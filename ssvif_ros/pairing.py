@@ -45,20 +45,16 @@ from dataclasses import dataclass
 import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-DROP_REASONS = ('superseded', 'queue_overflow', 'late', 'time_reset', 'duplicate')
+DROP_REASONS = ('superseded', 'queue_overflow', 'late', 'time_reset', 'duplicate',
+                'cleared')
 
 
 @dataclass(frozen=True)
-class Pair:
+class StampedPair:
     """Two frames whose stamps (integer nanoseconds) differ by at most the slop."""
 
     items: Tuple[Any, Any]
     stamps: Tuple[int, int]
-
-    @property
-    def skew_ns(self) -> int:
-        """Stamp of stream 1 minus stamp of stream 0, in nanoseconds."""
-        return self.stamps[1] - self.stamps[0]
 
 
 class ApproxTimePairer:
@@ -114,8 +110,8 @@ class ApproxTimePairer:
                 for s in (0, 1):
                     self._trim(s)
 
-    def add(self, stream: int, stamp_ns: int, item: Any) -> Optional[Pair]:
-        """Add a frame of ``stream`` (0 or 1) stamped ``stamp_ns``; return a Pair if one formed.
+    def add(self, stream: int, stamp_ns: int, item: Any) -> Optional[StampedPair]:
+        """Add a frame of ``stream`` (0 or 1) stamped ``stamp_ns``; return the pair if one formed.
 
         The returned pair's ``items`` are ordered (stream 0, stream 1).
         """
@@ -153,13 +149,16 @@ class ApproxTimePairer:
             self._last_pair[other] = partner_stamp
             self._pairs += 1
             if stream == 0:
-                return Pair((item, partner), (stamp_ns, partner_stamp))
-            return Pair((partner, item), (partner_stamp, stamp_ns))
+                return StampedPair((item, partner), (stamp_ns, partner_stamp))
+            return StampedPair((partner, item), (partner_stamp, stamp_ns))
 
-    def reset(self) -> None:
-        """Forget all queued frames and the last pair (counted as ``time_reset``)."""
+    def reset(self, reason: str = 'time_reset') -> None:
+        """Forget all queued frames and the last pair (queued frames counted under ``reason``).
+
+        The node calls ``reset('cleared')`` when it is deactivated.
+        """
         with self._lock:
-            self._reset()
+            self._reset(reason)
 
     def stats(self) -> Dict[str, Any]:
         """Snapshot: received per stream, pairs, resets, queued per stream, drops by reason.
@@ -224,9 +223,9 @@ class ApproxTimePairer:
             self._count(stream, 'queue_overflow', stamps=[e[0] for e in queue[:extra]])
             del queue[:extra]
 
-    def _reset(self) -> None:
+    def _reset(self, reason: str = 'time_reset') -> None:
         for s in (0, 1):
-            self._count(s, 'time_reset', stamps=[e[0] for e in self._queues[s]])
+            self._count(s, reason, stamps=[e[0] for e in self._queues[s]])
             self._queues[s].clear()
             self._last_pair[s] = None
             self._newest[s] = None

@@ -25,8 +25,9 @@ Malformed messages raise :class:`ImageFormatError` (a ValueError) whose ``reason
 short machine-readable tag (``unsupported_encoding``, ``zero_size``, ``step_too_small``,
 ``data_length_mismatch``, ``bad_array``) used by the node's drop counters.
 
-This module imports sensor_msgs only when a message is built (:func:`numpy_to_image`), so the
-decoding half also works on any object with the Image fields.
+This module imports sensor_msgs only when a message is built (:func:`numpy_to_image`,
+:func:`scaled_camera_info`), so the decoding half also works on any object with the Image
+fields.
 """
 from __future__ import annotations
 
@@ -99,16 +100,18 @@ def check_image(msg) -> Tuple[np.dtype, int]:
     return dtype, channels
 
 
-def image_to_numpy(msg, rgb: bool = False, copy: bool = False) -> np.ndarray:
+def image_to_numpy(msg, rgb: bool = False, copy: bool = False,
+                   check: bool = True) -> np.ndarray:
     """Decode a sensor_msgs/Image into a NumPy array in native byte order.
 
     Returns H x W for one-channel encodings and H x W x C otherwise, in the message's channel
     order; with ``rgb=True`` colour images come back as H x W x 3 RGB (BGR reversed, alpha
     dropped). Without ``copy`` the result may share memory with ``msg.data`` (no padding, native
     byte order, no channel reordering); with ``copy=True`` it never does.
-    Raises :class:`ImageFormatError` (ValueError) for a malformed message.
+    Raises :class:`ImageFormatError` (ValueError) for a malformed message. ``check=False``
+    skips :func:`check_image` for a message whose metadata was checked when it arrived.
     """
-    dtype, channels = check_image(msg)
+    dtype, channels = check_image(msg) if check else ENCODINGS[msg.encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     raw = np.frombuffer(msg.data, dtype=np.uint8)  # (step * height,) bytes
     row_bytes = width * channels * dtype.itemsize
@@ -188,3 +191,27 @@ def numpy_to_image(img: np.ndarray, encoding: str, header=None, step: Optional[i
     data.frombytes(np.ascontiguousarray(body).data)  # one copy, no per-element checks
     msg.data = data
     return msg
+
+
+def scaled_camera_info(info, header, width: int, height: int):
+    """A copy of sensor_msgs/CameraInfo ``info`` with ``header``, intrinsics scaled to W x H."""
+    from sensor_msgs.msg import CameraInfo
+
+    out = CameraInfo()
+    out.header = header
+    out.distortion_model = info.distortion_model
+    out.d = list(info.d)
+    out.r = info.r
+    out.binning_x, out.binning_y = info.binning_x, info.binning_y
+    sx = width / info.width if info.width else 1.0
+    sy = height / info.height if info.height else 1.0
+    k = np.array(info.k, np.float64).reshape(3, 3)
+    p = np.array(info.p, np.float64).reshape(3, 4)
+    k[0] *= sx
+    k[1] *= sy
+    p[0] *= sx
+    p[1] *= sy
+    out.k, out.p = k.reshape(9), p.reshape(12)
+    out.width, out.height = int(width), int(height)
+    out.roi = info.roi
+    return out

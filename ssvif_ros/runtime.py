@@ -5,7 +5,7 @@ NumPy temporaries) with a fresh mmap and unmaps it when it is freed, so every fr
 its whole working set in again. :func:`tune_malloc` keeps such buffers on the heap for reuse.
 Measured on the dev VM (2 vCPUs) with 640 x 480 rgb8 images between two Python processes over
 Fast DDS shared memory: one publish-to-callback hop 2.3 ms -> 1.2 ms median with the receiving
-process tuned; the node's decode of one pair (``prepare_pair``) 4.3 ms -> 0.3 ms; max-luma
+process tuned; the node's decode of one pair (``frames.prepare_pair``) 4.3 ms -> 0.3 ms; max-luma
 fusion 13.6 ms -> 5.1 ms.
 """
 from __future__ import annotations

@@ -6,8 +6,9 @@ optimization profile over H x W for the inputs ``vis`` and ``ir``, FP16 optional
 file reused across builds -> ``build_serialized_network``. The engine is cached beside the ONNX
 as ``model.<onnx sha256[:16]>.<fp16|fp32>.engine`` and rebuilt when the ONNX file changes.
 
-Every entry point first checks that the ``tensorrt`` module imports and that a CUDA device is
-usable, and raises :class:`TensorRTUnavailable` with a clear message otherwise.
+Every entry point first checks that ``tensorrt`` and cuda-python import and that a CUDA device
+is usable, and raises :class:`TensorRTUnavailable` with a one-line message otherwise. No torch:
+the runner holds its device buffers and stream through cuda-python's runtime API.
 """
 from __future__ import annotations
 
@@ -17,12 +18,15 @@ import os
 import sys
 from typing import Optional, Tuple
 
+import numpy as np
+
 
 class TensorRTUnavailable(RuntimeError):
-    """TensorRT or a CUDA GPU is missing; the message says which and what to install."""
+    """TensorRT, cuda-python or a CUDA GPU is missing; the message says which and what to do."""
 
 
-def _import_trt():
+def import_tensorrt():
+    """The ``tensorrt`` module; TensorRTUnavailable with the install hint when it is missing."""
     try:
         import tensorrt as trt
     except ImportError as exc:
@@ -33,15 +37,41 @@ def _import_trt():
     return trt
 
 
-def _check_cuda():
-    """Raise TensorRTUnavailable unless a CUDA device is usable (via torch if installed)."""
+def import_cudart():
+    """The CUDA runtime bindings of cuda-python; TensorRTUnavailable when missing."""
     try:
-        import torch
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
     except ImportError:
-        return  # TensorRT itself reports a missing device when the builder is created
-    if not torch.cuda.is_available():
-        raise TensorRTUnavailable('no CUDA device is available (torch.cuda.is_available() is '
-                                  'False): TensorRT engines need an NVIDIA GPU')
+        try:
+            from cuda import cudart  # older cuda-python
+        except ImportError as exc:
+            raise TensorRTUnavailable(
+                'the cuda-python package is not installed (`pip install cuda-python`, matching '
+                'the CUDA version of TensorRT): the TensorRT runner uses it for device memory'
+            ) from exc
+    return cudart
+
+
+def _cuda_check(result, what: str):
+    """Unpack a cuda-python ``(err, *values)`` tuple; RuntimeError naming ``what`` on error."""
+    err, *values = result
+    if int(err) != 0:
+        raise RuntimeError(f'CUDA {what} failed: {err}')
+    return values[0] if len(values) == 1 else values
+
+
+def check_available():
+    """Return (tensorrt, cudart) when both import and a CUDA device is usable.
+
+    Raises TensorRTUnavailable with one line saying what is missing.
+    """
+    trt = import_tensorrt()
+    cudart = import_cudart()
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or count < 1:
+        raise TensorRTUnavailable('no CUDA device is available (cudaGetDeviceCount: '
+                                  f'{err}, {count} devices): TensorRT engines need an NVIDIA GPU')
+    return trt, cudart
 
 
 def onnx_sha256(path: str) -> str:
@@ -79,8 +109,7 @@ def build_engine(onnx_path: str, fp16: bool = False, max_hw: Tuple[int, int] = (
     out = engine_path(onnx_path, fp16)
     if os.path.isfile(out) and not force:
         return out
-    trt = _import_trt()
-    _check_cuda()
+    trt, _ = check_available()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     if builder is None:
@@ -120,16 +149,15 @@ def build_engine(onnx_path: str, fp16: bool = False, max_hw: Tuple[int, int] = (
 
 
 class EngineRunner:
-    """Runs a serialized engine on CUDA tensors (torch owns the device memory)."""
+    """Runs a serialized engine; device buffers and the stream come from cuda-python."""
 
     def __init__(self, engine_file: str, device: Optional[str] = None):
-        trt = _import_trt()
-        _check_cuda()
-        import torch
+        trt, cudart = check_available()
         if not os.path.isfile(engine_file):
             raise FileNotFoundError(f'TensorRT engine not found: {engine_file}')
-        self.torch = torch
-        self.device = torch.device(device or 'cuda')
+        self.cudart = cudart
+        index = 0 if not device or device == 'cuda' else int(str(device).split(':')[-1])
+        _cuda_check(cudart.cudaSetDevice(index), f'cudaSetDevice({index})')
         self.logger = trt.Logger(trt.Logger.WARNING)
         with open(engine_file, 'rb') as f:
             self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(f.read())
@@ -140,30 +168,47 @@ class EngineRunner:
         self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.outputs = [n for n in self.names
                         if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self._dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
-                        trt.DataType.INT32: torch.int32, trt.DataType.INT64: torch.int64,
-                        trt.DataType.UINT8: torch.uint8, trt.DataType.BOOL: torch.bool}
-        self.stream = torch.cuda.Stream(device=self.device)
+        self._dtypes = {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16,
+                        trt.DataType.INT32: np.int32, trt.DataType.INT64: np.int64,
+                        trt.DataType.UINT8: np.uint8, trt.DataType.BOOL: np.bool_}
+        self.stream = _cuda_check(cudart.cudaStreamCreate(), 'cudaStreamCreate')
+        self._buffers = {}  # tensor name -> (device pointer, capacity in bytes)
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        """A device buffer of at least ``nbytes`` for ``name``, reused across frames."""
+        ptr, size = self._buffers.get(name, (None, 0))
+        if size < nbytes:
+            if ptr is not None:
+                _cuda_check(self.cudart.cudaFree(ptr), 'cudaFree')
+            ptr = _cuda_check(self.cudart.cudaMalloc(max(nbytes, 1)), 'cudaMalloc')
+            self._buffers[name] = (ptr, nbytes)
+        return int(ptr)
 
     def run(self, vis, ir):
         """vis, ir: N x 3 x H x W float32 NumPy -> dict of NumPy outputs by tensor name."""
-        torch = self.torch
-        feeds = {'vis': torch.from_numpy(vis).to(self.device),
-                 'ir': torch.from_numpy(ir).to(self.device)}
-        for name, t in feeds.items():
-            self.context.set_input_shape(name, tuple(t.shape))
-            self.context.set_tensor_address(name, t.data_ptr())
+        cudart = self.cudart
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        for name, arr in (('vis', vis), ('ir', ir)):
+            arr = np.ascontiguousarray(arr, np.float32)
+            ptr = self._buffer(name, arr.nbytes)
+            _cuda_check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d,
+                                               self.stream), 'cudaMemcpyAsync (input)')
+            self.context.set_input_shape(name, tuple(arr.shape))
+            self.context.set_tensor_address(name, ptr)
         outs = {}
         for name in self.outputs:
             shape = tuple(self.context.get_tensor_shape(name))
-            dtype = self._dtypes[self.engine.get_tensor_dtype(name)]
-            outs[name] = torch.empty(shape, dtype=dtype, device=self.device)
-            self.context.set_tensor_address(name, outs[name].data_ptr())
-        with torch.cuda.stream(self.stream):
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError('TensorRT execution failed')
-        self.stream.synchronize()
-        return {k: v.cpu().numpy() for k, v in outs.items()}
+            outs[name] = np.empty(shape, self._dtypes[self.engine.get_tensor_dtype(name)])
+            self.context.set_tensor_address(name, self._buffer(name, outs[name].nbytes))
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise RuntimeError('TensorRT execution failed')
+        for name, arr in outs.items():
+            _cuda_check(cudart.cudaMemcpyAsync(arr.ctypes.data, self._buffers[name][0],
+                                               arr.nbytes, d2h, self.stream),
+                        'cudaMemcpyAsync (output)')
+        _cuda_check(cudart.cudaStreamSynchronize(self.stream), 'cudaStreamSynchronize')
+        return outs
 
 
 def main(argv=None) -> int:

@@ -140,13 +140,13 @@ def test_make_then_offline_eval_round_trip(tmp_path, val4, msrs_dir, storage):
         assert [stamp(m) for _, m in out_bag[topic]] == in_stamps
     # The fused pixels are what the backend gives for these very inputs.
     from ssvif_ros.bag_eval import load_backend, node_config
-    from ssvif_ros.fusion_node import prepare_pair
+    from ssvif_ros.frames import check_and_prepare
     cfg, model = node_config('onnxruntime', '', {})
     backend = load_backend(cfg, model)
     for (_, m_in_rgb), (_, m_in_th), (_, m_fused), (_, m_seg) in zip(
             ins['/rgb/image_raw'], ins['/thermal/image_raw'], out_bag['/fused/image'],
             out_bag['/fused/segmentation']):
-        fused, ids = backend.infer(*prepare_pair(m_in_rgb, m_in_th, cfg))
+        fused, ids = backend.infer(*check_and_prepare(m_in_rgb, m_in_th, cfg))
         got = image_to_numpy(m_fused)
         assert m_fused.encoding == 'rgb8' and m_seg.encoding == 'mono8'
         assert np.abs(got.astype(int) - imaging.to_uint8(fused).astype(int)).max() <= 1

@@ -15,6 +15,8 @@ import time
 
 from conftest import MSRS, REPO
 import pytest
+from ros_helpers import (process_env, ros_env, set_stamp, SpinningNode, start_node,  # noqa: I100
+                         stop, wait_until)
 
 
 def _env(**extra):
@@ -368,15 +370,14 @@ def test_an_existing_file_as_out_is_one_line_in_export_and_fuse(tmp_path, pairs_
 
 
 def _values(**overrides):
-    pytest.importorskip('rclpy', reason='rclpy (ROS 2) not installed')
-    from ssvif_ros.fusion_node import PARAMETERS
-    values = {p.name: p.default for p in PARAMETERS}
+    from ssvif_ros.node_params import defaults
+    values = defaults()
     values.update(backend='maxluma', **overrides)
     return values
 
 
 def test_homography_has_no_scale_and_must_keep_the_frame_finite():
-    from ssvif_ros.fusion_node import make_config
+    from ssvif_ros.node_params import make_config
     cfg = make_config(_values(thermal_homography=[2e-5, 0, 0, 0, 2e-5, 0, 0, 0, 2e-5]))
     assert cfg.homography_identity
     cfg = make_config(_values(thermal_homography=[2.0, 0, 10.0, 0, 2.0, 6.0, 0, 0, 2.0]))
@@ -390,7 +391,9 @@ def test_homography_has_no_scale_and_must_keep_the_frame_finite():
 
 
 def test_homography_is_checked_per_frame_size_too():
-    from ssvif_ros.fusion_node import FrameError, make_config, prepare_pair
+    pytest.importorskip('sensor_msgs', reason='sensor_msgs (ROS 2) not installed')
+    from ssvif_ros.frames import check_and_prepare as prepare_pair, FrameError
+    from ssvif_ros.node_params import make_config
     from ssvif_ros.ros_image import numpy_to_image
     import numpy as np
     # fine for 640x512 frames; for a 4000 px wide RGB frame its line at infinity (x = 2000)
@@ -404,7 +407,7 @@ def test_homography_is_checked_per_frame_size_too():
 
 
 def test_output_size_needing_absurd_memory_is_rejected_with_the_limit():
-    from ssvif_ros.fusion_node import make_config
+    from ssvif_ros.node_params import make_config
     with pytest.raises(ValueError, match=r'output_size: 16384x16384 .*limit of 33177600'):
         make_config(_values(output_size='16384x16384'))
     assert make_config(_values(output_size='7680x4320')).output_size == (7680, 4320)
@@ -421,8 +424,8 @@ NODE_DOMAIN = 100 + os.getpid() % 100
 # nothing per pair may swallow: the worker thread dies.
 FAULTY_NODE = '''
 import os, sys
-from ssvif_ros import fusion_node
-from ssvif_ros.backends import base
+from ssvif_ros import backends, frames, fusion_node
+from ssvif_ros.backends.simple import MaxLumaBackend
 
 FAULT = os.environ['FAULT']
 FIRST, LAST = (int(v) for v in os.environ['FAULT_PAIRS'].split('-'))
@@ -433,7 +436,7 @@ class ThreadDeath(BaseException):
     pass
 
 
-real_prepare = fusion_node.prepare_pair
+real_prepare = frames.prepare_pair
 
 
 def prepare_pair(*args):
@@ -443,7 +446,7 @@ def prepare_pair(*args):
     return real_prepare(*args)
 
 
-class Faulty(base.MaxLumaBackend):
+class Faulty(MaxLumaBackend):
     name = 'faulty'
 
     def infer(self, vis, ir):
@@ -455,60 +458,33 @@ class Faulty(base.MaxLumaBackend):
         return super().infer(vis, ir)
 
 
-fusion_node.prepare_pair = prepare_pair
-base.BACKENDS['faulty'] = lambda model, threads, device: Faulty()
-fusion_node.MODEL_FREE_BACKENDS = fusion_node.MODEL_FREE_BACKENDS + ('faulty',)
+frames.prepare_pair = prepare_pair
+backends.register('faulty', lambda model, threads, device: Faulty(), needs_model=False)
 sys.exit(fusion_node.main())
 '''
 
 
 def node_env(**extra):
-    return _env(RMW_IMPLEMENTATION='rmw_fastrtps_cpp', ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
-                ROS_DOMAIN_ID=str(NODE_DOMAIN),
-                FASTDDS_DEFAULT_PROFILES_FILE=str(REPO / 'config' / 'fastdds_shm.xml'),
-                **extra)
+    return process_env(NODE_DOMAIN, **extra)
 
 
-class Feeder:
+class Feeder(SpinningNode):
     """This process's ROS side: publishes pairs, records fused images and /diagnostics."""
 
     def __init__(self):
         from diagnostic_msgs.msg import DiagnosticArray
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import Image
-        import threading
         # Fast DDS reads its profile once per process: a participant created here without the
         # package's SHM profile left later in-process tests (640x480 images) with the 0.5 MiB
         # default segment. The environment is restored in close().
-        keys = ('ROS_DOMAIN_ID', 'FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE',
-                'RMW_IMPLEMENTATION', 'ROS_AUTOMATIC_DISCOVERY_RANGE')
-        self._saved_env = {k: os.environ.get(k) for k in keys}
-        os.environ.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)
-        os.environ.update(ROS_DOMAIN_ID=str(NODE_DOMAIN), RMW_IMPLEMENTATION='rmw_fastrtps_cpp',
-                          ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
-                          FASTDDS_DEFAULT_PROFILES_FILE=str(REPO / 'config' / 'fastdds_shm.xml'))
-        self.rclpy = rclpy
-        self.ctx = rclpy.Context()
-        rclpy.init(args=[], context=self.ctx, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node('fault_feeder', context=self.ctx)
+        super().__init__('fault_feeder', ros_env(NODE_DOMAIN))
         self.fused, self.diag = [], []
         rel = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.node.create_subscription(Image, 'fused/image', self.fused.append, rel)
         self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 50)
         self.pub_rgb = self.node.create_publisher(Image, 'rgb/image_raw', 10)
         self.pub_th = self.node.create_publisher(Image, 'thermal/image_raw', 10)
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self):
-        while not self.stop.is_set() and self.ctx.ok():
-            self.executor.spin_once(timeout_sec=0.05)
 
     def _on_diag(self, msg):
         for st in msg.status:
@@ -516,13 +492,11 @@ class Feeder:
                 self.diag.append((st.level, st.message, {kv.key: kv.value for kv in st.values}))
 
     def wait_connected(self, timeout=20.0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if (self.pub_rgb.get_subscription_count() and self.pub_th.get_subscription_count()
-                    and self.node.count_publishers('/fused/image')):
-                time.sleep(0.5)
-                return True
-            time.sleep(0.05)
+        if wait_until(lambda: self.pub_rgb.get_subscription_count()
+                      and self.pub_th.get_subscription_count()
+                      and self.node.count_publishers('/fused/image'), timeout):
+            time.sleep(0.5)
+            return True
         return False
 
     def publish_pairs(self, n, rate=10.0):
@@ -534,22 +508,8 @@ class Feeder:
         for i in range(n):
             stamp = t0 + i * int(1e9 / rate)
             for pub, img, enc in ((self.pub_rgb, rgb, 'rgb8'), (self.pub_th, th, 'mono8')):
-                msg = numpy_to_image(img, enc)
-                msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
-                pub.publish(msg)
+                pub.publish(set_stamp(numpy_to_image(img, enc), stamp))
             time.sleep(1.0 / rate)
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(5.0)
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.rclpy.try_shutdown(context=self.ctx)
-        for k, v in self._saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture
@@ -563,22 +523,8 @@ def feeder():
 def start_faulty_node(tmp_path, fault, pairs):
     script = tmp_path / 'faulty_node.py'
     script.write_text(FAULTY_NODE)
-    log = open(tmp_path / 'node.log', 'w')
-    proc = subprocess.Popen([sys.executable, str(script), '--ros-args', '-p', 'backend:=faulty'],
-                            cwd=REPO, env=node_env(FAULT=fault, FAULT_PAIRS=pairs), stdout=log,
-                            stderr=subprocess.STDOUT)
-    log.close()
-    return proc
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return start_node(tmp_path / 'node.log', ['backend:=faulty'],
+                      node_env(FAULT=fault, FAULT_PAIRS=pairs), script=script)
 
 
 @pytest.mark.parametrize('fault,reason', [('memory', 'worker_error'),
@@ -695,11 +641,8 @@ def test_disk_full_during_export_is_one_line_and_leaves_no_temp_file(tmp_path):
 
 
 def test_pairing_drops_get_a_throttled_warning(tmp_path, feeder):
-    log = open(tmp_path / 'node.log', 'w')
-    proc = subprocess.Popen([sys.executable, '-m', 'ssvif_ros.fusion_node', '--ros-args',
-                             '-p', 'backend:=maxluma', '-p', 'queue_size:=2'], cwd=REPO,
-                            env=node_env(), stdout=log, stderr=subprocess.STDOUT)
-    log.close()
+    proc = start_node(tmp_path / 'node.log', ['backend:=maxluma', 'queue_size:=2'],
+                      node_env())
     try:
         assert feeder.wait_connected(), (tmp_path / 'node.log').read_text()[-2000:]
         import numpy as np

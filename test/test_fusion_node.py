@@ -22,10 +22,8 @@ rclpy = pytest.importorskip('rclpy', reason='rclpy (ROS 2) not installed')
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402, I100
 from rcl_interfaces.srv import (GetParameters, SetParameters,  # noqa: E402
                                 SetParametersAtomically)
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from rclpy.signals import SignalHandlerOptions  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from ssvif_ros import imaging  # noqa: E402
@@ -33,63 +31,26 @@ from ssvif_ros.dataset_paths import load_pairs, shared_data_dir  # noqa: E402
 from ssvif_ros.ros_image import image_to_numpy, numpy_to_image  # noqa: E402
 from ssvif_ros.synthetic import synthetic_scene  # noqa: E402
 
+import ros_helpers  # noqa: E402, I100
+from ros_helpers import (node_log, process_env, ros_env, set_stamp, SpinningNode,  # noqa: E402
+                         stamp_ns, wait_until)
+
 REPO = Path(__file__).resolve().parents[1]
 MSRS_VAL = shared_data_dir() / 'msrs' / 'val'
 DOMAIN_ID = 20 + os.getpid() % 80
-ROS_ENV = {
-    'RMW_IMPLEMENTATION': 'rmw_fastrtps_cpp',
-    'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-    'ROS_DOMAIN_ID': str(DOMAIN_ID),
-    'FASTDDS_DEFAULT_PROFILES_FILE': str(REPO / 'config' / 'fastdds_shm.xml'),
-    'PYTHONUNBUFFERED': '1',
-}
 OUTPUTS = ('fused/image', 'fused/segmentation', 'fused/segmentation_color', 'fused/camera_info')
-
-
-def _env():
-    env = dict(os.environ)
-    env.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)
-    env.update(ROS_ENV)
-    return env
 
 
 def start_node(log_path, *params, namespace=None):
     """Start the node process; ``params`` are 'name:=value' strings."""
-    cmd = [sys.executable, '-m', 'ssvif_ros.fusion_node', '--ros-args']
-    for p in params:
-        cmd += ['-p', p]
-    if namespace:
-        cmd += ['-r', f'__ns:={namespace}']
-    log = open(log_path, 'w')
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)
-    proc.log_path = log_path
-    log.close()
-    return proc
+    return ros_helpers.start_node(log_path, params, process_env(DOMAIN_ID), namespace)
 
 
-def node_log(proc):
-    return Path(proc.log_path).read_text()
-
-
-def stamp_ns(header):
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-
-
-def set_stamp(msg, ns, frame_id='cam'):
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 1_000_000_000)
-    msg.header.frame_id = frame_id
-    return msg
-
-
-class RosSide:
+class RosSide(SpinningNode):
     """This process's ROS node: publishers, output recorders and parameter clients."""
 
     def __init__(self):
-        self.ctx = rclpy.Context()
-        rclpy.init(args=[], context=self.ctx,
-                   signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node('fusion_node_test', context=self.ctx)
-        self.lock = threading.Lock()
+        super().__init__('fusion_node_test', ros_env(DOMAIN_ID))
         self.received = {t: [] for t in OUTPUTS}
         self.diag = []
         rel = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
@@ -104,15 +65,6 @@ class RosSide:
         self.get_client = self.node.create_client(GetParameters, '/fusion_node/get_parameters')
         self.atomic_client = self.node.create_client(
             SetParametersAtomically, '/fusion_node/set_parameters_atomically')
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self):
-        while not self.stop.is_set() and self.ctx.ok():
-            self.executor.spin_once(timeout_sec=0.05)
 
     def _cb(self, topic):
         def cb(msg):
@@ -150,23 +102,12 @@ class RosSide:
         return self.last_diag()
 
     def wait_connected(self, timeout=15.0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if (self.pub_rgb.get_subscription_count() and self.pub_th.get_subscription_count()
-                    and all(self.node.count_publishers(f'/{t}') for t in OUTPUTS)):
-                time.sleep(0.5)  # let the node see this process's subscriptions too
-                return True
-            time.sleep(0.05)
+        if wait_until(lambda: self.pub_rgb.get_subscription_count()
+                      and self.pub_th.get_subscription_count()
+                      and all(self.node.count_publishers(f'/{t}') for t in OUTPUTS), timeout):
+            time.sleep(0.5)  # let the node see this process's subscriptions too
+            return True
         return False
-
-    def call(self, client, request, timeout=10.0):
-        assert client.wait_for_service(timeout_sec=timeout), f'{client.srv_name} not available'
-        future = client.call_async(request)
-        end = time.monotonic() + timeout
-        while not future.done() and time.monotonic() < end:
-            time.sleep(0.02)
-        assert future.done(), f'no answer from {client.srv_name}'
-        return future.result()
 
     def set_params(self, **values):
         req = SetParameters.Request()
@@ -183,13 +124,6 @@ class RosSide:
         return Parameter.from_parameter_msg(
             _named(name, self.call(self.get_client, req).values[0])).value
 
-    def close(self):
-        self.stop.set()
-        self.thread.join(5.0)
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.ctx)
-
 
 def _named(name, value_msg):
     from rcl_interfaces.msg import Parameter as ParameterMsg
@@ -198,17 +132,9 @@ def _named(name, value_msg):
 
 @pytest.fixture(scope='module')
 def ros():
-    saved = {k: os.environ.get(k) for k in list(ROS_ENV) + ['FASTRTPS_DEFAULT_PROFILES_FILE']}
-    os.environ.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)
-    os.environ.update(ROS_ENV)
     side = RosSide()
     yield side
     side.close()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.fixture(scope='module')
@@ -301,8 +227,8 @@ def check_outputs(ros, sent, as_rgb):
 
 
 def _cfg(**overrides):
-    from ssvif_ros.fusion_node import make_config, PARAMETERS
-    values = {p.name: p.default for p in PARAMETERS}
+    from ssvif_ros.node_params import defaults, make_config
+    values = defaults()
     values.update(backend='maxluma', **overrides)
     return make_config(values)
 
@@ -312,25 +238,25 @@ def test_prepare_pair_warps_thermal_by_homography():
     th = np.zeros((60, 80), np.uint8)
     th[10:20, 10:20] = 255  # a hot square
     shift = [1.0, 0.0, 5.0, 0.0, 1.0, 3.0, 0.0, 0.0, 1.0]  # thermal (x, y) -> RGB (x+5, y+3)
-    from ssvif_ros.fusion_node import prepare_pair
-    vis, ir = prepare_pair(numpy_to_image(rgb, 'rgb8'), numpy_to_image(th, 'mono8'),
-                           _cfg(thermal_homography=shift, thermal_norm='scale'))
-    assert vis.shape == ir.shape == (60, 80, 3) and ir.dtype == np.float32
+    from ssvif_ros.frames import check_and_prepare
+    vis, ir = check_and_prepare(numpy_to_image(rgb, 'rgb8'), numpy_to_image(th, 'mono8'),
+                                _cfg(thermal_homography=shift, thermal_norm='scale'))
+    assert vis.shape == (60, 80, 3) and ir.shape == (60, 80) and ir.dtype == np.float32
     np.testing.assert_allclose(ir[13:23, 15:25], 1.0, atol=1e-6)
     assert ir[10:13, 10:15].max() == 0.0 and ir[23:, :].max() == 0.0
 
 
 def test_prepare_pair_resizes_smaller_thermal_and_output_size():
-    from ssvif_ros.fusion_node import FrameError, prepare_pair
+    from ssvif_ros.frames import check_and_prepare as prepare_pair, FrameError
     rgb, th = synthetic_scene(0, 160, 120)
     m_rgb, m_small = numpy_to_image(rgb, 'rgb8'), numpy_to_image(th[::2, ::2].copy(), 'mono8')
     vis, ir = prepare_pair(m_rgb, m_small, _cfg())
-    assert vis.shape == ir.shape == (120, 160, 3)
+    assert vis.shape == (120, 160, 3) and ir.shape == (120, 160)
     with pytest.raises(FrameError, match='differ in size') as info:
         prepare_pair(m_rgb, m_small, _cfg(size_mismatch='reject'))
     assert info.value.reason == 'size_mismatch'
     vis, ir = prepare_pair(m_rgb, numpy_to_image(th, 'mono8'), _cfg(output_size='80x60'))
-    assert vis.shape == ir.shape == (60, 80, 3)
+    assert vis.shape == (60, 80, 3) and ir.shape == (60, 80)
 
 
 @pytest.mark.parametrize('overrides,words', [
@@ -343,15 +269,15 @@ def test_prepare_pair_resizes_smaller_thermal_and_output_size():
     ({'output_size': '0x10'}, 'output_size'), ({'size_mismatch': 'crop'}, 'size_mismatch'),
 ])
 def test_make_config_names_the_bad_parameter(overrides, words):
-    from ssvif_ros.fusion_node import make_config, PARAMETERS
-    values = {p.name: p.default for p in PARAMETERS}
+    from ssvif_ros.node_params import defaults, make_config
+    values = defaults()
     values.update(overrides)
     with pytest.raises(ValueError, match=words):
         make_config(values)
 
 
 def test_camera_info_scaling():
-    from ssvif_ros.fusion_node import scaled_camera_info
+    from ssvif_ros.ros_image import scaled_camera_info
     info = CameraInfo(width=640, height=480, distortion_model='plumb_bob')
     info.k = np.array([500.0, 0, 320, 0, 500, 240, 0, 0, 1])
     info.p = np.array([500.0, 0, 320, 0, 0, 500, 240, 0, 0, 0, 1, 0])
@@ -362,11 +288,11 @@ def test_camera_info_scaling():
 
 
 def test_mailbox_keeps_only_the_newest():
-    from ssvif_ros.fusion_node import Mailbox
+    from ssvif_ros.node_worker import Mailbox
     box = Mailbox()
     assert box.put(1) is False
-    assert box.put(2) is True and box.put(3) is True
-    assert box.get(timeout=0.1) == 3 and box.replaced == 2
+    assert box.put(2) is True and box.put(3) is True  # 1 and 2 replaced, never delivered
+    assert box.get(timeout=0.1) == 3
     assert box.get(timeout=0.05) is None
     box.close()
     assert box.get() is None
@@ -375,7 +301,8 @@ def test_mailbox_keeps_only_the_newest():
 def test_node_module_does_not_import_torch():
     code = ('import sys, ssvif_ros.fusion_node, ssvif_ros.tools.pair_publisher; '
             'sys.exit(1 if "torch" in sys.modules else 0)')
-    assert subprocess.run([sys.executable, '-c', code], cwd=REPO, env=_env()).returncode == 0
+    res = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=process_env(DOMAIN_ID))
+    assert res.returncode == 0
 
 
 def test_fuses_synthetic_pairs_bgr_padded_bigendian_mono16(ros, fusion):
@@ -726,8 +653,8 @@ def test_pair_publisher_tool_stamps_and_encodings(ros, tmp_path):
            '--rgb-encoding', 'bgr8', '--thermal-encoding', '32FC1',
            '--ros-args', '-r', '__ns:=/tool']
     try:
-        res = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
-                             timeout=60)
+        res = subprocess.run(cmd, cwd=REPO, env=process_env(DOMAIN_ID), capture_output=True,
+                             text=True, timeout=60)
         assert res.returncode == 0, res.stdout + res.stderr
         assert 'published 8 pairs' in res.stdout
         end = time.monotonic() + 3

@@ -1,10 +1,13 @@
 """launch/fusion.launch.py under launch_pytest: the node starts, takes its parameters, publishes.
 
 Needs a full ROS 2 install with this package built (colcon) so that ``ros2 launch`` can find the
-``fusion_node`` executable and the package share directory; skipped elsewhere.
+``fusion_node`` executable and the package share directory; skipped elsewhere
+(test/test_node_params.py checks the launch file's text without ROS).
 """
 import os
-import threading
+from pathlib import Path
+import sys
+import tempfile
 import time
 
 import pytest
@@ -14,14 +17,17 @@ launch_pytest = pytest.importorskip(
 pytest.importorskip('launch_ros', reason='launch_ros not installed: needs a full ROS 2 install')
 
 import launch  # noqa: E402, I100
-from launch.actions import IncludeLaunchDescription  # noqa: E402
+from launch.actions import (DeclareLaunchArgument, ExecuteProcess,  # noqa: E402
+                            IncludeLaunchDescription, TimerAction)
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
-import rclpy  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
+from ros_helpers import set_stamp, SpinningNode, wait_until  # noqa: E402, I100
+
 NAMESPACE = '/launch_test'
+PARENT_NAMESPACE = '/launch_parent'
+ENV_DUMP = Path(tempfile.gettempdir()) / f'ssvif_launch_env_{os.getpid()}.txt'
 
 
 def _share():
@@ -39,40 +45,55 @@ def fusion_launch():
     return launch.LaunchDescription([
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(path),
-            launch_arguments={'backend': 'maxluma',
-                              'namespace': NAMESPACE.strip('/')}.items()),
+            launch_arguments={'fusion_backend': 'maxluma',
+                              'fusion_namespace': NAMESPACE.strip('/')}.items()),
         launch_pytest.actions.ReadyToTest(),
     ])
 
 
-class _Probe:
+@launch_pytest.fixture(scope='module')
+def parent_launch():
+    """A parent launch file with generic arguments of its own, including fusion.launch.py.
+
+    Its ``model`` points at no file and its ``namespace`` elsewhere: neither may reach the
+    node. A process started after the include writes its environment to ENV_DUMP: the node's
+    Fast DDS profile must not be in it.
+    """
+    path = os.path.join(_share(), 'launch', 'fusion.launch.py')
+    ENV_DUMP.unlink(missing_ok=True)
+    dump = ('import os, sys; open(sys.argv[1], "w").write("\\n".join('
+            'f"{k}={v}" for k, v in os.environ.items()))')
+    return launch.LaunchDescription([
+        DeclareLaunchArgument('model', default_value='/nonexistent/parent_model.onnx'),
+        DeclareLaunchArgument('namespace', default_value='parent_ns'),
+        DeclareLaunchArgument('backend', default_value='tensorrt'),
+        IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(path),
+            launch_arguments={'fusion_backend': 'maxluma',
+                              'fusion_namespace': PARENT_NAMESPACE.strip('/')}.items()),
+        TimerAction(period=1.0, actions=[ExecuteProcess(
+            cmd=[sys.executable, '-c', dump, str(ENV_DUMP)], output='screen')]),
+        launch_pytest.actions.ReadyToTest(),
+    ])
+
+
+class _Probe(SpinningNode):
     """A test node that publishes pairs and records fused images."""
 
-    def __init__(self):
+    def __init__(self, namespace=NAMESPACE):
         from ssvif_ros.synthetic import synthetic_scene
         from ssvif_ros.ros_image import numpy_to_image
 
-        self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx)
-        self.node = rclpy.create_node('launch_probe', context=self.ctx)
+        super().__init__('launch_probe')
+        self.namespace = namespace
         self.got = []
-        self.lock = threading.Lock()
         self.node.create_subscription(
-            Image, f'{NAMESPACE}/fused/image', self._on_fused,
+            Image, f'{namespace}/fused/image', self._on_fused,
             QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-        self.pub_rgb = self.node.create_publisher(Image, f'{NAMESPACE}/rgb/image_raw', 10)
-        self.pub_th = self.node.create_publisher(Image, f'{NAMESPACE}/thermal/image_raw', 10)
+        self.pub_rgb = self.node.create_publisher(Image, f'{namespace}/rgb/image_raw', 10)
+        self.pub_th = self.node.create_publisher(Image, f'{namespace}/thermal/image_raw', 10)
         rgb, th = synthetic_scene(0, 160, 120)  # small: no shared-memory profile needed here
         self.msgs = (numpy_to_image(rgb, 'rgb8'), numpy_to_image(th, 'mono8'))
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self):
-        while not self.stop.is_set() and self.ctx.ok():
-            self.executor.spin_once(timeout_sec=0.05)
 
     def _on_fused(self, msg):
         with self.lock:
@@ -84,8 +105,7 @@ class _Probe:
         while time.monotonic() < end:
             now = time.time_ns()
             for m in self.msgs:
-                m.header.stamp.sec, m.header.stamp.nanosec = divmod(now, 1_000_000_000)
-                m.header.frame_id = 'cam'
+                set_stamp(m, now)
             self.pub_rgb.publish(self.msgs[0])
             self.pub_th.publish(self.msgs[1])
             sent.add(now)
@@ -95,12 +115,16 @@ class _Probe:
             time.sleep(0.1)
         return sent, []
 
-    def close(self):
-        self.stop.set()
-        self.thread.join(5.0)
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.ctx)
+    def lifecycle_state(self, timeout=20.0):
+        from lifecycle_msgs.srv import GetState
+        client = self.node.create_client(GetState, f'{self.namespace}/fusion_node/get_state')
+        return self.call(client, GetState.Request(), timeout).current_state.label
+
+    def parameters(self, *names):
+        from rcl_interfaces.srv import GetParameters
+        client = self.node.create_client(GetParameters,
+                                         f'{self.namespace}/fusion_node/get_parameters')
+        return self.call(client, GetParameters.Request(names=list(names)), 20.0).values
 
 
 @pytest.mark.launch(fixture=fusion_launch)
@@ -128,19 +152,35 @@ def test_node_starts_and_publishes_fused_images():
 
 @pytest.mark.launch(fixture=fusion_launch)
 def test_launch_arguments_reach_the_node():
-    from rcl_interfaces.srv import GetParameters
-
     probe = _Probe()
     try:
-        client = probe.node.create_client(GetParameters,
-                                          f'{NAMESPACE}/fusion_node/get_parameters')
-        assert client.wait_for_service(timeout_sec=20.0)
-        future = client.call_async(GetParameters.Request(names=['backend', 'slop']))
-        end = time.monotonic() + 10.0
-        while not future.done() and time.monotonic() < end:
-            time.sleep(0.05)
-        backend, slop = future.result().values
+        backend, slop, autostart = probe.parameters('backend', 'slop', 'autostart')
         assert backend.string_value == 'maxluma'  # launch argument overrides the params file
         assert slop.double_value == pytest.approx(0.02)  # from config/fusion.yaml
+        assert autostart.bool_value is False  # the launch file drives the lifecycle
+        assert probe.lifecycle_state() == 'active'  # configured and activated by launch
     finally:
         probe.close()
+
+
+@pytest.mark.launch(fixture=parent_launch)
+def test_an_including_parent_keeps_its_arguments_and_environment():
+    probe = _Probe(PARENT_NAMESPACE)
+    try:
+        # The parent's model (no such file) and backend (tensorrt) did not reach the node: it
+        # runs maxluma, became active and fuses; its namespace is the one passed to the include.
+        model, backend = probe.parameters('model', 'backend')
+        assert model.string_value == '' and backend.string_value == 'maxluma'
+        assert probe.lifecycle_state() == 'active'
+        sent, got = probe.publish_until_fused(timeout=20.0)
+        assert got, 'the included node does not fuse'
+        # The node's Fast DDS profile was given to the node process only.
+        assert wait_until(ENV_DUMP.exists, 10.0), 'the process after the include did not run'
+        env = dict(line.split('=', 1) for line in ENV_DUMP.read_text().splitlines()
+                   if '=' in line)
+        for key in ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE',
+                    'RMW_IMPLEMENTATION'):
+            assert env.get(key) == os.environ.get(key), (key, env.get(key))
+    finally:
+        probe.close()
+        ENV_DUMP.unlink(missing_ok=True)

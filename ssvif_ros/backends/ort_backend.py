@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ssvif_ros.backends.base import BackendError, GraphBackend, resolve_model
+from ssvif_ros import model_card
+from ssvif_ros.backends.base import BackendError, GraphBackend
 
 _PROVIDERS = {
     None: ['CPUExecutionProvider'],
@@ -20,7 +21,7 @@ class OrtBackend(GraphBackend):
 
     def __init__(self, model: Optional[str], threads: int = 2, device: Optional[str] = None):
         import onnxruntime as ort
-        path, card = resolve_model(model, 'onnx')
+        path, card = model_card.locate(model, 'onnx')
         if not card:
             card = {'pad_multiple': 32, 'num_classes': 1}
         super().__init__(card)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ssvif_ros.backends.base import BackendError, GraphBackend, resolve_model
+from ssvif_ros import model_card
+from ssvif_ros.backends.base import BackendError, GraphBackend
 
 
 class TorchBackend(GraphBackend):
@@ -14,7 +15,7 @@ class TorchBackend(GraphBackend):
     def __init__(self, model: Optional[str], threads: int = 2, device: Optional[str] = None):
         import torch
         from ssvif_train.deploy import load_graph
-        path, card = resolve_model(model, 'pt')
+        path, card = model_card.locate(model, 'pt')
         graph, info = load_graph(path, card.get('seg_upsample', 'bilinear'))
         n = graph.num_classes
         card = dict(card) or {}

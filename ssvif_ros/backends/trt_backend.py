@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ssvif_ros.backends.base import BackendError, GraphBackend, resolve_model
+from ssvif_ros import model_card
+from ssvif_ros.backends.base import BackendError, GraphBackend
 
 
 class TensorRTBackend(GraphBackend):
@@ -14,14 +15,13 @@ class TensorRTBackend(GraphBackend):
     def __init__(self, model: Optional[str], device: Optional[str] = None, fp16: bool = False):
         from ssvif_ros import trt_engine
         try:
-            trt_engine._import_trt()
-            trt_engine._check_cuda()
+            trt_engine.check_available()
         except trt_engine.TensorRTUnavailable as exc:
             raise BackendError(f'tensorrt backend unavailable: {exc}') from exc
         if model and model.endswith('.engine'):
-            path, card = resolve_model(model, 'engine')
+            path, card = model_card.locate(model, 'engine')
         else:
-            onnx_path, card = resolve_model(model, 'engine')
+            onnx_path, card = model_card.locate(model, 'engine')
             path = trt_engine.build_engine(onnx_path, fp16=fp16,
                                            pad_multiple=int(card.get('pad_multiple', 8)))
         super().__init__(card)

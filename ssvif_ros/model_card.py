@@ -1,0 +1,90 @@
+"""Model cards (``model.json`` beside an exported model): find a model's files, read its card.
+
+A model is a folder (``model.json`` + ``model.onnx`` / ``model.pt`` / engines) or a single file
+with an optional ``model.json`` beside it. ROS-free and torch-free; the backends use it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Optional, Tuple
+
+CARD_NAME = 'model.json'
+
+
+def locate(model: Optional[str], kind: str) -> Tuple[str, Dict]:
+    """Find the file of ``kind`` ('onnx', 'pt', 'engine') for a model dir or file; read its card.
+
+    ``model`` None or '' means the embedded default model. Returns (file path, card dict; empty
+    when a single file has no card beside it). Raises FileNotFoundError or ValueError naming
+    the file at fault.
+    """
+    if not model:
+        from ssvif_ros.models import default_model_dir
+        model = default_model_dir()
+    model = os.fspath(model)
+    if os.path.isdir(model):
+        card_path = os.path.join(model, CARD_NAME)
+        if not os.path.isfile(card_path):
+            raise FileNotFoundError(f'model folder {model} has no {CARD_NAME}')
+        card = read(card_path)
+        name = {'onnx': card.get('onnx', 'model.onnx'),
+                'pt': card.get('checkpoint_file', 'model.pt'),
+                'engine': card.get('onnx', 'model.onnx')}[kind]
+        path = os.path.join(model, name)
+    else:
+        path = model
+        card_path = os.path.join(os.path.dirname(path) or '.', CARD_NAME)
+        card = read(card_path) if os.path.isfile(card_path) else {}
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'model file not found: {path}')
+    return path, card
+
+
+def read(path: str) -> Dict:
+    """Read and validate a model card; ValueError naming the file and the field at fault."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            card = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f'cannot read model card {path}: {exc}') from exc
+    if not isinstance(card, dict):
+        raise ValueError(f'model card {path} is not a JSON object')
+    validate(card, path)
+    return card
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate(card: Dict, path: str) -> None:
+    """Check the types and ranges of the card fields the backends use; ValueError naming them."""
+    def bad(field, why):
+        raise ValueError(f'model card {path}: {field} {why}, got {card.get(field)!r}')
+    if 'pad_multiple' in card:
+        m = card['pad_multiple']
+        if not _is_int(m) or not 1 <= m <= 1024:
+            bad('pad_multiple', 'must be an integer in 1..1024')
+    n = card.get('num_classes', 1)
+    if not _is_int(n) or not 1 <= n <= 256:
+        bad('num_classes', 'must be an integer in 1..256 (class ids are uint8)')
+    names = card.get('class_names')
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
+            bad('class_names', 'must be a list of strings')
+        if len(names) != n:
+            bad('class_names', f'must have num_classes ({n}) entries')
+    pal = card.get('palette')
+    if pal is not None:
+        ok = (isinstance(pal, list) and len(pal) == n and all(
+            isinstance(c, list) and len(c) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in c)
+            for c in pal))
+        if not ok:
+            bad('palette', f'must be num_classes ({n}) [r, g, b] triples of integers 0..255')
+    for field in ('model', 'inputs', 'outputs'):
+        if field in card and not isinstance(card[field], dict):
+            bad(field, 'must be a JSON object')
+    for field in ('onnx', 'checkpoint_file'):
+        if field in card and not (isinstance(card[field], str) and card[field]):
+            bad(field, 'must be a file name')
