@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 
+from ssvif_ros import processes
+
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / 'config' / 'fastdds_shm.xml'
 ENV_KEYS = ('ROS_DOMAIN_ID', 'FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE',
@@ -72,15 +74,7 @@ def node_log(proc) -> str:
 
 def stop(proc, timeout: float = 10.0):
     """SIGINT a process and wait; kill it when it does not end in ``timeout`` s."""
-    import signal
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+    return processes.stop(proc, timeout)
 
 
 class SpinningNode:
