@@ -24,6 +24,17 @@ S, eq. 4), computed without gradient. Each branch gets CE (mean over pixels) + D
 (1 - mean over the n classes of 2 sum p*y / (sum p + sum y + eps), sums over the batch).
 L_csc = (ce_a + dice_a + ce_b + dice_b) / 2 (eq. 6), see :func:`csc_total`.
 
+SegFANet terms (its paper, eqs. 14-18; the network fuses luma, see
+:mod:`ssvif_train.models.segfanet`):
+
+* :func:`segfanet_fusion_terms`: ``ssim_ir`` = 1 - SSIM(Y_f, Y_ir) and ``ssim_vis`` =
+  1 - SSIM(Y_f, Y_vis) (eq. 15), Y the BT.601 luma (for the thermal image repeated to three
+  channels, the thermal value itself); L_f = their sum;
+* :func:`reconstruction_terms`: ``rec_i`` = (1 - SSIM(I_res_i, I_ir)) + (1 - SSIM(I_res_i,
+  I_vis)) per IRM image (eq. 17, on all channels); L_rec = their sum (eq. 16);
+* :func:`segmentation_terms`: ``seg_ce`` and ``seg_dice`` of the segmentation branch against
+  a label (eq. 18; the Dice convention of the supervised terms below); L_s = their sum.
+
 Supervised terms (semantic training with labels, :func:`supervised_terms`): the same CE + Dice
 per branch against the label (N x H x W, 255 = ignore, e.g. unlabelled pairs and uncertain box
 pixels), over the labelled pixels only; logits are brought to the label's resolution first.
@@ -181,3 +192,48 @@ def supervised_total(terms: Dict[str, torch.Tensor]) -> torch.Tensor:
 def csc_total(terms: Dict[str, torch.Tensor]) -> torch.Tensor:
     """Eq. 6: L_csc = (L_hyb(A) + L_hyb(B)) / 2."""
     return 0.5 * (terms['ce_a'] + terms['dice_a'] + terms['ce_b'] + terms['dice_b'])
+
+
+SEGFANET_FUSION_TERMS = ('ssim_ir', 'ssim_vis')
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma N x 1 x H x W of an N x 3 x H x W image (an N x 1 image is returned as is)."""
+    if x.shape[1] == 1:
+        return x
+    return imaging.rgb_to_gray(x, channel_axis=1)[:, None]
+
+
+def segfanet_fusion_terms(fused: torch.Tensor, ir: torch.Tensor,
+                          vis: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """SegFANet's L_f terms ``ssim_ir``, ``ssim_vis`` (unweighted; L_f is their sum)."""
+    from pytorch_msssim import ssim
+    yf = luma(fused)
+    return {'ssim_ir': 1.0 - ssim(yf, luma(ir), data_range=1.0, size_average=True),
+            'ssim_vis': 1.0 - ssim(yf, luma(vis), data_range=1.0, size_average=True)}
+
+
+def reconstruction_terms(recs, ir: torch.Tensor, vis: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """One term ``rec_i`` (i = 1, 2, ...) per IRM image N x c x H x W (eq. 17)."""
+    from pytorch_msssim import ssim
+    out = {}
+    for i, rec in enumerate(recs, 1):
+        rec = rec.float()
+        out[f'rec_{i}'] = ((1.0 - ssim(rec, ir, data_range=1.0, size_average=True))
+                           + (1.0 - ssim(rec, vis, data_range=1.0, size_average=True)))
+    return out
+
+
+def segmentation_terms(logits: torch.Tensor, label: torch.Tensor,
+                       eps: float = 1.0) -> Dict[str, torch.Tensor]:
+    """``seg_ce``, ``seg_dice`` of one branch's logits against an N x H x W label (255 = ignore).
+
+    Logits are brought to the label's resolution first. A batch without a labelled pixel gives
+    zeros that still reach the branch's graph.
+    """
+    lg = to_resolution(logits.float(), tuple(label.shape[-2:]))
+    if not bool((label != IGNORE_INDEX).any()):
+        z = lg.sum() * 0.0
+        return {'seg_ce': z, 'seg_dice': z}
+    ce, dice = hybrid_terms(lg, label, eps, IGNORE_INDEX, present_only=True)
+    return {'seg_ce': ce, 'seg_dice': dice}
