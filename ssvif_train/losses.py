@@ -204,8 +204,8 @@ def luma(x: torch.Tensor) -> torch.Tensor:
     return imaging.rgb_to_gray(x, channel_axis=1)[:, None]
 
 
-def segfanet_fusion_terms(fused: torch.Tensor, ir: torch.Tensor,
-                          vis: torch.Tensor) -> Dict[str, torch.Tensor]:
+def segfanet_fusion_terms(fused: torch.Tensor, vis: torch.Tensor,
+                          ir: torch.Tensor) -> Dict[str, torch.Tensor]:
     """SegFANet's L_f terms ``ssim_ir``, ``ssim_vis`` (unweighted; L_f is their sum)."""
     from pytorch_msssim import ssim
     yf = luma(fused)
@@ -213,27 +213,63 @@ def segfanet_fusion_terms(fused: torch.Tensor, ir: torch.Tensor,
             'ssim_vis': 1.0 - ssim(yf, luma(vis), data_range=1.0, size_average=True)}
 
 
-def reconstruction_terms(recs, ir: torch.Tensor, vis: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """One term ``rec_i`` (i = 1, 2, ...) per IRM image N x c x H x W (eq. 17)."""
+def reconstruction_terms(recs, vis: torch.Tensor, ir: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """One term ``rec_i`` (i = 1, 2, ...) per IRM image N x c x H x W (eq. 17).
+
+    Single-channel images (the luma ablation) are scored against the sources' luma.
+    """
     from pytorch_msssim import ssim
     out = {}
     for i, rec in enumerate(recs, 1):
         rec = rec.float()
+        if rec.shape[1] == 1:
+            vis, ir = luma(vis), luma(ir)
         out[f'rec_{i}'] = ((1.0 - ssim(rec, ir, data_range=1.0, size_average=True))
                            + (1.0 - ssim(rec, vis, data_range=1.0, size_average=True)))
     return out
 
 
-def segmentation_terms(logits: torch.Tensor, label: torch.Tensor,
-                       eps: float = 1.0) -> Dict[str, torch.Tensor]:
+def segmentation_terms(logits: torch.Tensor, label: torch.Tensor, eps: float = 1.0,
+                       class_weights: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """``seg_ce``, ``seg_dice`` of one branch's logits against an N x H x W label (255 = ignore).
 
     Logits are brought to the label's resolution first. A batch without a labelled pixel gives
-    zeros that still reach the branch's graph.
+    zeros that still reach the branch's graph. ``class_weights``: optional per-class CE weights
+    (``loss.sup_class_weights``), as :func:`supervised_terms`.
     """
     lg = to_resolution(logits.float(), tuple(label.shape[-2:]))
     if not bool((label != IGNORE_INDEX).any()):
         z = lg.sum() * 0.0
         return {'seg_ce': z, 'seg_dice': z}
-    ce, dice = hybrid_terms(lg, label, eps, IGNORE_INDEX, present_only=True)
+    w = None if class_weights is None else class_weights.to(lg.device, lg.dtype)
+    ce, dice = hybrid_terms(lg, label, eps, IGNORE_INDEX, present_only=True, class_weights=w)
     return {'seg_ce': ce, 'seg_dice': dice}
+
+
+FUSION_LOSSES = ('ssvif', 'segfanet')
+
+
+def fusion_task(kind: str, fused: torch.Tensor, vis: torch.Tensor, ir: torch.Tensor, recs,
+                lambdas: Dict[str, float], lambda_rec: float = 1.0):
+    """The fusion task's named terms and its loss L_A (what the weighting calls L_fusion).
+
+    ``kind`` ``ssvif``: :func:`fusion_terms` weighted by ``lambdas`` (eq. 3); ``segfanet``:
+    ``ssim_ir + ssim_vis`` (SegFANet eq. 15). The IRM images ``recs`` (empty for every other
+    model) add ``lambda_rec`` * L_rec, L_rec the sum of the ``rec_i`` terms (eq. 16), also
+    logged as ``loss_rec``. Returns ``(terms, total)``.
+    """
+    if kind == 'ssvif':
+        terms = fusion_terms(fused, vis, ir)
+        total = weighted_fusion(terms, lambdas)
+    elif kind == 'segfanet':
+        terms = segfanet_fusion_terms(fused, vis, ir)
+        total = terms['ssim_ir'] + terms['ssim_vis']
+    else:
+        raise ValueError(f'unknown fusion loss {kind!r}; choose one of {FUSION_LOSSES}')
+    rec = reconstruction_terms(recs, vis, ir)
+    if rec:
+        l_rec = sum(rec.values())
+        terms.update(rec)
+        terms['loss_rec'] = l_rec
+        total = total + float(lambda_rec) * l_rec
+    return terms, total

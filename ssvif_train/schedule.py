@@ -2,13 +2,14 @@
 
 Stage I trains only the fusion model F with L_fusion; after the first epoch whose mean L_fusion
 exceeds the previous epoch's (or ``train.stage1_max_epochs`` epochs, :func:`should_switch`)
-training switches to stage II, where F, H and S train together. Without CSC there is no stage II.
+training switches to stage II, where F, H and S train together. Without a segmentation task (no
+CSC and no labels) there is no stage II.
 
 Model selection: stage I monitors validation L_fusion. When stage II starts, the best value and
 the patience counter are reset and stage II monitors its own criterion (``train.monitor``,
 resolved by the trainer: validation box-F1, mIoU or L_fusion), so ``best.pt`` is a stage-II
 checkpoint whenever stage II ran. Early stopping (``train.patience`` epochs without improvement)
-never ends stage I when CSC is on (``train.stage1_max_epochs`` does).
+never ends stage I when a segmentation task follows (``train.stage1_max_epochs`` does).
 """
 from __future__ import annotations
 
@@ -43,14 +44,15 @@ class Schedule:
     STATE_KEYS = ('epoch', 'stage', 'stage1_epochs', 'stage1_means', 'best_val', 'best_epoch',
                   'bad_epochs', 'global_step')
 
-    def __init__(self, train_cfg, stage2_monitor: str = 'fusion'):
-        self.csc = train_cfg.csc
+    def __init__(self, train_cfg, stage2_monitor: str = 'fusion', seg_task=None):
+        # seg_task: a stage II exists (CSC, or supervised labels alone); default train.csc.
+        self.csc = train_cfg.csc if seg_task is None else bool(seg_task)
         self.stage1_cap = train_cfg.stage1_max_epochs
         self.patience = train_cfg.patience
         self.stage2_monitor = stage2_monitor
         self.epoch = 0
-        self.stage = 1 if (train_cfg.two_stage and train_cfg.csc) else 2
-        if not train_cfg.csc:
+        self.stage = 1 if (train_cfg.two_stage and self.csc) else 2
+        if not self.csc:
             self.stage = 1
         self.stage1_epochs = 0
         self.stage1_means: List[float] = []

@@ -101,7 +101,7 @@ def test_every_parameter_receives_a_gradient_under_ssvif_losses():
     head = SegHead(model.feature_channels, num_classes=4, hidden=8).train()
     vis, ir = _pair(2, 32, 32, seed=1)
     fused, feats = model.forward_with_features(vis, ir)
-    terms = losses.fusion_terms(fused, ir, vis)
+    terms = losses.fusion_terms(fused, vis, ir)
     label = torch.randint(0, 4, (2, 32, 32), generator=torch.Generator().manual_seed(2))
     terms.update(losses.segmentation_terms(head(feats), label))
     sum(terms.values()).backward()
@@ -140,3 +140,29 @@ def test_onnx_export_and_backends_on_real_msrs(tmp_path, msrs_dir):
     from export_helpers import export_and_compare
     export_and_compare(_small().eval(), tmp_path, msrs_dir, num_classes=4,
                        sizes=((240, 320), (250, 333)))
+
+
+def test_trains_with_ssvif_and_exports(msrs_subset, tmp_path, msrs_dir):
+    import csv
+    from pathlib import Path
+    from export_helpers import check_exported
+    from ssvif_train.cli import main as train_main
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / 'run'
+    sets = ['model.args={widths: [4, 8, 8, 8], num_heads: 2, local_blocks: 1}',
+            'model.segformer=tiny', 'train.epochs=2', 'train.stage1_max_epochs=1',
+            'data.crop=32', 'train.batch_size=2', 'data.val_fraction=0.25',
+            'train.progress=false', 'train.threads=1', 'train.val_metrics=[]']
+    rc = train_main([str(repo / 'config' / 'train' / 'emma_ssvif.yaml'), '--data',
+                     str(msrs_subset(4)), '--out', str(out)]
+                    + [a for s in sets for a in ('--set', s)])
+    assert rc == 0
+    with open(out / 'steps.csv', newline='') as f:
+        steps = list(csv.DictReader(f))
+    assert [r['stage'] for r in steps] == ['1', '2']
+    for key in ('int', 'grad', 'ssim', 'color', 'loss_csc', 'omega_csc'):
+        assert float(steps[1][key]) > 0, key
+    ckpt = torch.load(out / 'last.pt', weights_only=True)
+    assert ckpt['fusion']['model_name'] == 'emma' and ckpt['head']['in_channels'] == 8
+    check_exported(out / 'last.pt', tmp_path / 'model', msrs_dir, 'emma', 15,
+                   sizes=((240, 320), (250, 333)))

@@ -101,8 +101,8 @@ def test_fused_image_keeps_the_visible_chroma():
 
 def _step_loss(model, head, vis, ir, label):
     fused, seg, recs = model.forward_with_aux(vis, ir)
-    terms = losses.segfanet_fusion_terms(fused, ir, vis)
-    terms.update(losses.reconstruction_terms(recs, ir, vis))
+    terms = losses.segfanet_fusion_terms(fused, vis, ir)
+    terms.update(losses.reconstruction_terms(recs, vis, ir))
     terms.update(losses.segmentation_terms(head(seg), label))
     return sum(terms.values()), terms
 
@@ -133,7 +133,7 @@ def test_every_parameter_receives_a_gradient(args):
 def test_fusion_loss_terms_by_hand():
     from pytorch_msssim import ssim
     vis, ir = _pair(1, 32, 32, seed=4)
-    t = losses.segfanet_fusion_terms(vis, ir, vis)
+    t = losses.segfanet_fusion_terms(vis, vis, ir)
     assert float(t['ssim_vis']) == pytest.approx(0.0, abs=1e-6)   # fused == vis
     y_vis = imaging.rgb_to_gray(vis, channel_axis=1)[:, None]
     want = 1.0 - float(ssim(y_vis, ir[:, :1], data_range=1.0))
@@ -144,12 +144,12 @@ def test_fusion_loss_terms_by_hand():
 
 def test_reconstruction_terms_per_irm():
     vis, ir = _pair(1, 32, 32, seed=5)
-    t = losses.reconstruction_terms([vis, ir], ir, vis)
+    t = losses.reconstruction_terms([vis, ir], vis, ir)
     assert sorted(t) == ['rec_1', 'rec_2']
     # rec_1 == vis: only the ir part is left, and symmetric for rec_2
     assert float(t['rec_1']) == pytest.approx(float(t['rec_2']), abs=1e-6)
     assert float(t['rec_1']) > 0.1
-    assert losses.reconstruction_terms([], ir, vis) == {}
+    assert losses.reconstruction_terms([], vis, ir) == {}
 
 
 def test_segmentation_terms_ignore_and_empty():

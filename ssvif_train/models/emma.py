@@ -242,12 +242,3 @@ class EMMAFusion(FusionModel):
         for i in range(LEVELS - 2, -1, -1):
             d = self.dec[i](torch.cat([self.up[i](d), feats[i]], dim=1))     # N x w_i x ...
         return torch.sigmoid(self.last(d))
-
-    def forward_with_features(self, vis: torch.Tensor, ir: torch.Tensor):
-        """Return ``(fused, seg_features)`` from one backbone pass."""
-        feats = self.backbone(vis, ir)
-        return self.decoder(feats), self.seg_features(feats)
-
-    def forward(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-        """The fused image N x c x H x W."""
-        return self.decoder(self.backbone(vis, ir))

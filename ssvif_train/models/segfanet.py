@@ -190,6 +190,8 @@ class SegFANet(FusionModel):
     """
 
     pad_multiple = STRIDE
+    #: The fusion-task loss the trainer uses with ``loss.fusion: auto`` (SegFANet's eq. 15).
+    fusion_loss = 'segfanet'
 
     def __init__(self, channels: int = 3, widths: Sequence[int] = (16, 32, 48), stem: int = 8,
                  seg_width: int = 32, sinets: int = 3, irm: bool = True, cam: bool = True,
@@ -305,15 +307,6 @@ class SegFANet(FusionModel):
             return y
         y_vis = F.conv2d(vis, self.luma)                                     # N x 1 x H x W
         return (vis + (y - y_vis)).clamp(0.0, 1.0)
-
-    def forward_with_features(self, vis: torch.Tensor, ir: torch.Tensor):
-        """Return ``(fused, seg_features)`` from one backbone pass."""
-        feats = self.backbone(vis, ir)
-        return self.decoder(feats), self.seg_features(feats)
-
-    def forward(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-        """The fused image N x c x H x W."""
-        return self.decoder(self.backbone(vis, ir))
 
     # ------------------------------------------------------------------ training extras
     def reconstructions(self, feats) -> List[torch.Tensor]:
