@@ -3,7 +3,7 @@ r"""Downstream segmentation: do segmentation-oriented fused images segment bette
 
 The SSVIF paper trains one segmentation network on each method's fused images and compares
 the scores. This bench does the same with the labels at hand: the same small segmentation
-network (:class:`DownstreamSegNet`, a strided CNN of about 0.1 M parameters that reads one
+network (:class:`DownstreamSegNet`, a strided CNN of 0.12 M parameters that reads one
 3-channel image), the same recipe and the same seed, trained on the msrs/train images of each
 source and scored on msrs/val:
 
@@ -82,7 +82,7 @@ def _cbr(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequenti
 
 
 class DownstreamSegNet(nn.Module):
-    """The downstream segmenter: one 3-channel image -> class logits (about 0.13 M parameters).
+    """The downstream segmenter: one 3-channel image -> class logits (0.12 M parameters).
 
     Three stride-2 levels (16, 32, 64 channels; the 1/8 level with dilations 2 and 4 and a
     global-average context term), one 1/4 decoder step; logits N x n x H/4 x W/4 for H, W

@@ -123,3 +123,18 @@ def test_bad_input_is_named(bench, tmp_path, msrs_dir, capsys):
     # refused before any pair is loaded or any network trained
     rc, err = run('--data', msrs_dir, '--ckpt', f'ssvif={bad}')
     assert rc == 2 and 'bad.pt' in err and 'cannot read checkpoint' in err
+
+
+def test_a_fusion_source_is_trained_by_the_script(bench, tmp_path, msrs_dir, capsys):
+    work = tmp_path / 'work'
+    rc = bench.main(['--data', str(msrs_dir), '--max-train', '3', '--max-val', '1',
+                     '--epochs', '1', '--crop', '32', '--batch', '2', '--threads', '1',
+                     '--sources', 'segfanet', '--train-fusion-epochs', '1', '--work', str(work),
+                     '--fusion-set', 'data.crop=32', '--fusion-set', 'train.batch_size=2',
+                     '--fusion-set', 'model.args={widths: [8, 8, 8], stem: 4, seg_width: 8}'])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert '| SegFANet, box-supervised |' in out
+    ckpt = torch.load(work / 'fusion_segfanet' / 'last.pt', weights_only=True)
+    assert ckpt['fusion']['model_name'] == 'segfanet' and ckpt['seg'] is None
+    assert ckpt['config']['data']['max_pairs'] == 3          # the bench's training pairs

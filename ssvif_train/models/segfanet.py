@@ -54,7 +54,7 @@ Layout at the defaults (``widths=[16, 32, 48]``, ``stem=8``, ``seg_width=32``, 3
   replacing Y by Y_f and keeping Cb, Cr is ``fused = vis + (Y_f - Y_vis)`` on every channel,
   clamped to [0, 1]. ``channels=1`` returns Y_f.
 
-About 0.56 M parameters at the defaults; 160 x 160 training crops on 2 CPU cores are the
+About 0.51 M parameters at the defaults; 160 x 160 training crops on 2 CPU cores are the
 intended scale. ``sinets`` may also be 0 (the two networks only share the inputs).
 """
 from __future__ import annotations
