@@ -169,6 +169,13 @@ def test_segmentation_terms_ignore_and_empty():
     # uniform logits: CE = log 4 over the labelled pixels only
     t = losses.segmentation_terms(torch.zeros(1, 4, 8, 8), label)
     assert float(t['seg_ce']) == pytest.approx(np.log(4.0), abs=1e-6)
+    # loss.sup_class_weights: the CE of torch's weighted mean over the labelled pixels
+    logits = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    label[0, 4:6] = 1
+    w = torch.tensor([1.0, 3.0, 0.5, 2.0])
+    t = losses.segmentation_terms(logits, label, class_weights=w)
+    want = F.cross_entropy(logits, label, weight=w, ignore_index=losses.IGNORE_INDEX)
+    assert float(t['seg_ce']) == pytest.approx(float(want), abs=1e-6)
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.stem)
