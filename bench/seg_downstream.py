@@ -136,12 +136,13 @@ def load_split(data: Path, split: str, max_pairs: int):
 def _fuse(model, vis: np.ndarray, ir: np.ndarray) -> np.ndarray:
     """Fused H x W x 3 float image of one pair (padded to the model's multiple and back)."""
     from ssvif_ros import imaging
+    from ssvif_train.tensor_imaging import hwc_to_nchw, nchw_to_hwc
     m = int(getattr(model, 'pad_multiple', 1))
     v, pad = imaging.pad_to_multiple(vis, m)
     t, _ = imaging.pad_to_multiple(ir, m)
     with torch.no_grad():
-        fused = model(imaging.hwc_to_nchw(v), imaging.hwc_to_nchw(t))      # 1 x 3 x Hp x Wp
-    return imaging.unpad(imaging.nchw_to_hwc(fused), pad)
+        fused = model(hwc_to_nchw(v), hwc_to_nchw(t))                      # 1 x 3 x Hp x Wp
+    return imaging.unpad(nchw_to_hwc(fused), pad)
 
 
 def source_images(name: str, pairs, model=None, progress=False):
@@ -261,11 +262,12 @@ def train_seg(images, pairs, args, seed: int, progress=False, desc=''):
 def evaluate(net, images, pairs):
     """Box scores of the net's full-resolution class maps (:class:`BoxScorer` result)."""
     from ssvif_ros import imaging, labels
+    from ssvif_train.tensor_imaging import hwc_to_nchw
     scorer = labels.BoxScorer(CLASSES)
     with torch.no_grad():
         for img, p in zip(images, pairs):
             x, pad = imaging.pad_to_multiple(img.astype(np.float32) / 255.0, STRIDE)
-            x = imaging.hwc_to_nchw(x)                                         # 1 x 3 x Hp x Wp
+            x = hwc_to_nchw(x)                                                 # 1 x 3 x Hp x Wp
             logits = F.interpolate(net(x), size=x.shape[-2:], mode='bilinear',
                                    align_corners=False)
             ids = logits.argmax(1)[0].numpy().astype(np.uint8)                 # Hp x Wp

@@ -50,7 +50,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as tf
 
-from ssvif_train.tensor_imaging import rgb_to_ycbcr
+from ssvif_train.tensor_imaging import rgb_to_gray, rgb_to_ycbcr
 
 FUSION_TERMS = ('int', 'grad', 'ssim', 'color')
 IGNORE_INDEX = 255  # ssvif_ros.labels.IGNORE
@@ -201,7 +201,7 @@ def luma(x: torch.Tensor) -> torch.Tensor:
     """BT.601 luma N x 1 x H x W of an N x 3 x H x W image (an N x 1 image is returned as is)."""
     if x.shape[1] == 1:
         return x
-    return imaging.rgb_to_gray(x, channel_axis=1)[:, None]
+    return rgb_to_gray(x)[:, None]
 
 
 def segfanet_fusion_terms(fused: torch.Tensor, vis: torch.Tensor,

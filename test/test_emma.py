@@ -3,8 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssvif_ros import imaging
-from ssvif_train import losses
+from ssvif_train import losses, tensor_imaging
 from ssvif_train.models import registry
 from ssvif_train.models.emma import ChannelNorm, EMMAFusion, TransposedAttention
 from ssvif_train.models.segmentation import SegHead
@@ -57,14 +56,14 @@ def test_no_block_has_single_channel_heads():
 def test_odd_sizes_pad_and_unpad(size):
     model = _small().eval()
     vis, ir = _pair(2, *size)
-    vis_p, pad = imaging.pad_to_multiple(vis, model.pad_multiple)
-    ir_p, _ = imaging.pad_to_multiple(ir, model.pad_multiple)
+    vis_p, pad = tensor_imaging.pad_to_multiple(vis, model.pad_multiple)
+    ir_p, _ = tensor_imaging.pad_to_multiple(ir, model.pad_multiple)
     with torch.no_grad():
         fused, feats = model.forward_with_features(vis_p, ir_p)
         assert torch.equal(fused, model(vis_p, ir_p))
     hp, wp = vis_p.shape[-2:]
     assert fused.shape == vis_p.shape and feats.shape == (2, 8, hp // 8, wp // 8)
-    out = imaging.unpad(fused, pad)
+    out = tensor_imaging.unpad(fused, pad)
     assert out.shape == vis.shape and out.min() >= 0.0 and out.max() <= 1.0
 
 
@@ -128,7 +127,7 @@ def test_single_channel_variant():
 
 def test_checkpoint_round_trip(tmp_path):
     model = _small().eval()
-    registry.save_model(tmp_path / 'm.pt', model)
+    registry.atomic_torch_save({'fusion': registry.model_record(model)}, tmp_path / 'm.pt')
     loaded = registry.load_model(tmp_path / 'm.pt')
     assert type(loaded) is EMMAFusion and loaded.model_config == SMALL
     vis, ir = _pair(1, 24, 32)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ssvif_ros import imaging, labels
-from ssvif_train.models.registry import create_model, save_model
+from ssvif_train.models.registry import atomic_torch_save, create_model, model_record
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'bench' / 'seg_downstream.py'
@@ -28,7 +28,8 @@ def bench():
 def tiny_segfanet(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / 'segfanet.pt'
-    save_model(path, create_model('segfanet', widths=[8, 8, 8], stem=4, seg_width=8, pool=4))
+    model = create_model('segfanet', widths=[8, 8, 8], stem=4, seg_width=8, pool=4)
+    atomic_torch_save({'fusion': model_record(model)}, path)
     return path
 
 

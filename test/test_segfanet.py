@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from ssvif_ros import imaging
-from ssvif_train import losses
+from ssvif_train import losses, tensor_imaging
 from ssvif_train.models import registry
 from ssvif_train.models.segfanet import adaptive_avg_pool, SegFANet
 from ssvif_train.models.segmentation import SegHead
@@ -55,15 +54,15 @@ def test_registered_with_documented_size():
 def test_odd_sizes_pad_and_unpad(size):
     model = _small().eval()
     vis, ir = _pair(1, *size)
-    vis_p, pad = imaging.pad_to_multiple(vis, model.pad_multiple)
-    ir_p, _ = imaging.pad_to_multiple(ir, model.pad_multiple)
+    vis_p, pad = tensor_imaging.pad_to_multiple(vis, model.pad_multiple)
+    ir_p, _ = tensor_imaging.pad_to_multiple(ir, model.pad_multiple)
     with torch.no_grad():
         fused, seg, recs = model.forward_with_aux(vis_p, ir_p)
     hp, wp = vis_p.shape[-2:]
     assert hp % 8 == 0 and wp % 8 == 0
     assert fused.shape == vis_p.shape and seg.shape == (1, 8, hp // 4, wp // 4)
     assert [r.shape for r in recs] == [vis_p.shape] * 3
-    out = imaging.unpad(fused, pad)
+    out = tensor_imaging.unpad(fused, pad)
     assert out.shape == vis.shape
     assert torch.isfinite(out).all() and out.min() >= 0.0 and out.max() <= 1.0
     for r in recs:
@@ -94,8 +93,8 @@ def test_fused_image_keeps_the_visible_chroma():
         fused = model(vis, ir)
     delta = fused - vis                     # the same luma shift on every channel
     assert (delta.max(1).values - delta.min(1).values).abs().max() < 1e-5
-    ycc_f = imaging.rgb_to_ycbcr(fused, channel_axis=1)
-    ycc_v = imaging.rgb_to_ycbcr(vis, channel_axis=1)
+    ycc_f = tensor_imaging.rgb_to_ycbcr(fused)
+    ycc_v = tensor_imaging.rgb_to_ycbcr(vis)
     torch.testing.assert_close(ycc_f[:, 1:], ycc_v[:, 1:], atol=1e-5, rtol=0)
 
 
@@ -135,7 +134,7 @@ def test_fusion_loss_terms_by_hand():
     vis, ir = _pair(1, 32, 32, seed=4)
     t = losses.segfanet_fusion_terms(vis, vis, ir)
     assert float(t['ssim_vis']) == pytest.approx(0.0, abs=1e-6)   # fused == vis
-    y_vis = imaging.rgb_to_gray(vis, channel_axis=1)[:, None]
+    y_vis = tensor_imaging.rgb_to_gray(vis)[:, None]
     want = 1.0 - float(ssim(y_vis, ir[:, :1], data_range=1.0))
     assert float(t['ssim_ir']) == pytest.approx(want, abs=1e-6)
     # the luma of the repeated thermal image is the thermal image
@@ -236,7 +235,7 @@ def test_single_channel_variant():
 
 def test_checkpoint_round_trip(tmp_path):
     model = _small(sinets=2, cam=False).eval()
-    registry.save_model(tmp_path / 'm.pt', model)
+    registry.atomic_torch_save({'fusion': registry.model_record(model)}, tmp_path / 'm.pt')
     loaded = registry.load_model(tmp_path / 'm.pt')
     assert type(loaded) is SegFANet and loaded.model_config == dict(SMALL, sinets=2, cam=False)
     vis, ir = _pair(1, 24, 32)

@@ -10,6 +10,7 @@ import torch
 from ssvif_ros import imaging
 from ssvif_train.cli import main as train_main
 from ssvif_train.config import load_config
+from ssvif_train.tensor_imaging import hwc_to_nchw
 from ssvif_train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,8 +70,8 @@ def _batch(data, stems=('000', '001')):
     for s in stems:
         v, t = imaging.preprocess_pair(imaging.read_image(data / 'vi' / f'{s}.png', mode='rgb'),
                                        imaging.read_image(data / 'ir' / f'{s}.png', mode='gray'))
-        vis.append(imaging.hwc_to_nchw(v))
-        ir.append(imaging.hwc_to_nchw(t))
+        vis.append(hwc_to_nchw(v))
+        ir.append(hwc_to_nchw(t))
         lab.append(torch.from_numpy(imaging.read_image(
             data / 'Segmentation_labels' / f'{s}.png', mode='gray').astype(np.int64)))
     return torch.cat(vis), torch.cat(ir), torch.stack(lab)

@@ -39,7 +39,7 @@ Approximations and differences, stated:
 
 About 1.5 M parameters at the defaults. Sizes: ``pad_multiple`` = 8 and H, W >= 16 (the 1/8
 level needs two pixels for reflection padding); pad with
-:func:`ssvif_ros.imaging.pad_to_multiple`, else ``backbone`` raises ValueError.
+:func:`ssvif_train.tensor_imaging.pad_to_multiple`, else ``backbone`` raises ValueError.
 """
 from __future__ import annotations
 
@@ -221,8 +221,8 @@ class EMMAFusion(FusionModel):
                                     or w < 2 * STRIDE or ir.shape != vis.shape):
             raise ValueError(f'emma needs vis and ir of equal size with H and W multiples of '
                              f'{STRIDE} and at least {2 * STRIDE} (pad with '
-                             f'ssvif_ros.imaging.pad_to_multiple); got vis {tuple(vis.shape)}, '
-                             f'ir {tuple(ir.shape)}')
+                             f'ssvif_train.tensor_imaging.pad_to_multiple); got vis '
+                             f'{tuple(vis.shape)}, ir {tuple(ir.shape)}')
         a, b = vis, ir
         fused = []
         for i in range(LEVELS):

@@ -10,7 +10,7 @@ Layout at the defaults (``widths=[16, 32, 48]``, ``stem=8``, ``seg_width=32``, 3
 
 * **Inputs** ``(vis, ir)`` N x c x H x W in [0, 1]; both networks read their concatenation
   (2c channels). H and W must be multiples of 8 (``pad_multiple``); callers pad with
-  :func:`ssvif_ros.imaging.pad_to_multiple`, else ``backbone`` raises ValueError.
+  :func:`ssvif_train.tensor_imaging.pad_to_multiple`, else ``backbone`` raises ValueError.
 * **Fusion encoder** E^F: a full-resolution stem (two 3x3 conv, ``stem`` channels, LeakyReLU
   0.2, no SINet: it only carries detail to the output), then three stages at 1/2, 1/4, 1/8,
   each a stride-2 3x3 conv and a 3x3 conv (``widths[i]`` channels, LeakyReLU 0.2, no
@@ -66,9 +66,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ssvif_ros import imaging
 from ssvif_train.models.base import FusionModel
 from ssvif_train.models.registry import register
+from ssvif_train.tensor_imaging import luma_weights
 
 STRIDE = 8
 STAGES = 3
@@ -245,8 +245,7 @@ class SegFANet(FusionModel):
         self.dec0 = _conv_lrelu(widths[0] + stem, stem)
         self.to_luma = nn.Conv2d(stem, 1, 3, 1, 1)
         if c == 3:
-            luma = imaging.rgb_to_gray(torch.eye(3), channel_axis=1)          # 3
-            self.register_buffer('luma', luma.reshape(1, 3, 1, 1).float(), persistent=False)
+            self.register_buffer('luma', luma_weights().reshape(1, 3, 1, 1), persistent=False)
 
     # ------------------------------------------------------------------ FusionModel
     def backbone(self, vis: torch.Tensor, ir: torch.Tensor) -> Dict:
@@ -259,8 +258,8 @@ class SegFANet(FusionModel):
         h, w = vis.shape[-2], vis.shape[-1]
         if not _is_exporting() and (h % STRIDE or w % STRIDE or ir.shape != vis.shape):
             raise ValueError(f'segfanet needs vis and ir of equal size with H and W multiples '
-                             f'of {STRIDE} (pad with ssvif_ros.imaging.pad_to_multiple); got '
-                             f'vis {tuple(vis.shape)}, ir {tuple(ir.shape)}')
+                             f'of {STRIDE} (pad with ssvif_train.tensor_imaging.pad_to_multiple); '
+                             f'got vis {tuple(vis.shape)}, ir {tuple(ir.shape)}')
         x = torch.cat([vis, ir], dim=1)                                      # N x 2c x H x W
         stem = self.stem(x)                                                  # N x stem x H x W
         s, f = x, stem
