@@ -79,6 +79,8 @@ class LossConfig:
     # Per-class weights of the supervised CE (model.classes msrs; [] = unweighted). Rare
     # classes (83 MSRS bike boxes against 532 people) are otherwise never predicted.
     sup_class_weights: List[float] = field(default_factory=list)
+    fusion: str = 'auto'          # fusion-task loss: auto (the model's own) | ssvif | segfanet
+    lambda_rec: float = 1.0       # weight of L_rec (SegFANet's IRM images) in the fusion task
 
 
 @dataclass
@@ -101,7 +103,7 @@ class TrainConfig:
     patience: int = 10            # early stopping on the monitored value (0 = off)
     monitor: str = 'auto'         # stage II selection: auto | fusion | box_f1 | miou
     csc_ramp_epochs: int = 0      # semantic: L_seg = L_sup + ramp * L_csc over this many epochs
-    csc: bool = True              # False: no H, no S, fusion loss only (ablation iii)
+    csc: bool = True              # False: no S, no CSC; H only with classes msrs (supervised)
     two_stage: bool = True        # False: stage II from the first epoch (ablation iv)
     stage1_max_epochs: int = 50   # cap on stage I length
     steps_per_epoch: int = 0      # 0 = one pass over the training set
@@ -146,6 +148,7 @@ _CHOICES = {
     'model.classes': ('clusters', 'msrs'),
     'model.head_padding': ('replicate', 'zeros'),
     'train.monitor': ('auto', 'fusion', 'box_f1', 'miou'),
+    'loss.fusion': ('auto', 'ssvif', 'segfanet'),
 }
 
 
@@ -224,9 +227,6 @@ def validate(cfg: Config) -> Config:
     if cfg.model.classes == 'msrs' and not 4 <= cfg.model.num_classes <= 9:
         raise ConfigError(f'model.num_classes must be 4..9 with model.classes msrs (background, '
                           f'car, person, bike, ... of MSRS), got {cfg.model.num_classes}')
-    if cfg.model.classes == 'msrs' and not cfg.train.csc:
-        raise ConfigError('model.classes msrs trains the segmentation branches: it needs '
-                          'train.csc true')
     if cfg.train.monitor in ('box_f1', 'miou') and cfg.model.classes != 'msrs':
         raise ConfigError(f'train.monitor {cfg.train.monitor} needs model.classes msrs')
     w = cfg.loss.sup_class_weights
@@ -252,7 +252,8 @@ def validate(cfg: Config) -> Config:
         if bad:
             raise ConfigError(f'train.val_metrics: unknown metric(s) {bad}; '
                               f'known: {metric_names()}')
-    for key in ('lambda_int', 'lambda_grad', 'lambda_ssim', 'lambda_color', 'dice_eps'):
+    for key in ('lambda_int', 'lambda_grad', 'lambda_ssim', 'lambda_color', 'dice_eps',
+                'lambda_rec'):
         if getattr(cfg.loss, key) < 0:
             raise ConfigError(f'loss.{key} must be >= 0')
     return cfg

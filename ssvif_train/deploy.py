@@ -13,7 +13,7 @@ the ONNX export, the torch backend and the benchmarks run:
   arg-max at the feature resolution then nearest upsampling (``'nearest'``, cheaper);
 * ``logits`` (optional): N x n x h x w at the feature resolution.
 
-A checkpoint trained without CSC has no head: its graph returns class id 0 everywhere.
+A checkpoint trained without a head (no CSC, no labels) returns class id 0 everywhere.
 """
 from __future__ import annotations
 

@@ -24,6 +24,17 @@ S, eq. 4), computed without gradient. Each branch gets CE (mean over pixels) + D
 (1 - mean over the n classes of 2 sum p*y / (sum p + sum y + eps), sums over the batch).
 L_csc = (ce_a + dice_a + ce_b + dice_b) / 2 (eq. 6), see :func:`csc_total`.
 
+SegFANet terms (its paper, eqs. 14-18; the network fuses luma, see
+:mod:`ssvif_train.models.segfanet`):
+
+* :func:`segfanet_fusion_terms`: ``ssim_ir`` = 1 - SSIM(Y_f, Y_ir) and ``ssim_vis`` =
+  1 - SSIM(Y_f, Y_vis) (eq. 15), Y the BT.601 luma (for the thermal image repeated to three
+  channels, the thermal value itself); L_f = their sum;
+* :func:`reconstruction_terms`: ``rec_i`` = (1 - SSIM(I_res_i, I_ir)) + (1 - SSIM(I_res_i,
+  I_vis)) per IRM image (eq. 17, on all channels); L_rec = their sum (eq. 16);
+* :func:`segmentation_terms`: ``seg_ce`` and ``seg_dice`` of the segmentation branch against
+  a label (eq. 18; the Dice convention of the supervised terms below); L_s = their sum.
+
 Supervised terms (semantic training with labels, :func:`supervised_terms`): the same CE + Dice
 per branch against the label (N x H x W, 255 = ignore, e.g. unlabelled pairs and uncertain box
 pixels), over the labelled pixels only; logits are brought to the label's resolution first.
@@ -39,7 +50,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as tf
 
-from ssvif_train.tensor_imaging import rgb_to_ycbcr
+from ssvif_train.tensor_imaging import rgb_to_gray, rgb_to_ycbcr
 
 FUSION_TERMS = ('int', 'grad', 'ssim', 'color')
 IGNORE_INDEX = 255  # ssvif_ros.labels.IGNORE
@@ -181,3 +192,84 @@ def supervised_total(terms: Dict[str, torch.Tensor]) -> torch.Tensor:
 def csc_total(terms: Dict[str, torch.Tensor]) -> torch.Tensor:
     """Eq. 6: L_csc = (L_hyb(A) + L_hyb(B)) / 2."""
     return 0.5 * (terms['ce_a'] + terms['dice_a'] + terms['ce_b'] + terms['dice_b'])
+
+
+SEGFANET_FUSION_TERMS = ('ssim_ir', 'ssim_vis')
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma N x 1 x H x W of an N x 3 x H x W image (an N x 1 image is returned as is)."""
+    if x.shape[1] == 1:
+        return x
+    return rgb_to_gray(x)[:, None]
+
+
+def segfanet_fusion_terms(fused: torch.Tensor, vis: torch.Tensor,
+                          ir: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """SegFANet's L_f terms ``ssim_ir``, ``ssim_vis`` (unweighted; L_f is their sum)."""
+    from pytorch_msssim import ssim
+    yf = luma(fused)
+    return {'ssim_ir': 1.0 - ssim(yf, luma(ir), data_range=1.0, size_average=True),
+            'ssim_vis': 1.0 - ssim(yf, luma(vis), data_range=1.0, size_average=True)}
+
+
+def reconstruction_terms(recs, vis: torch.Tensor, ir: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """One term ``rec_i`` (i = 1, 2, ...) per IRM image N x c x H x W (eq. 17).
+
+    Single-channel images (the luma ablation) are scored against the sources' luma.
+    """
+    from pytorch_msssim import ssim
+    out = {}
+    for i, rec in enumerate(recs, 1):
+        rec = rec.float()
+        if rec.shape[1] == 1:
+            vis, ir = luma(vis), luma(ir)
+        out[f'rec_{i}'] = ((1.0 - ssim(rec, ir, data_range=1.0, size_average=True))
+                           + (1.0 - ssim(rec, vis, data_range=1.0, size_average=True)))
+    return out
+
+
+def segmentation_terms(logits: torch.Tensor, label: torch.Tensor, eps: float = 1.0,
+                       class_weights: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """``seg_ce``, ``seg_dice`` of one branch's logits against an N x H x W label (255 = ignore).
+
+    Logits are brought to the label's resolution first. A batch without a labelled pixel gives
+    zeros that still reach the branch's graph. ``class_weights``: optional per-class CE weights
+    (``loss.sup_class_weights``), as :func:`supervised_terms`.
+    """
+    lg = to_resolution(logits.float(), tuple(label.shape[-2:]))
+    if not bool((label != IGNORE_INDEX).any()):
+        z = lg.sum() * 0.0
+        return {'seg_ce': z, 'seg_dice': z}
+    w = None if class_weights is None else class_weights.to(lg.device, lg.dtype)
+    ce, dice = hybrid_terms(lg, label, eps, IGNORE_INDEX, present_only=True, class_weights=w)
+    return {'seg_ce': ce, 'seg_dice': dice}
+
+
+FUSION_LOSSES = ('ssvif', 'segfanet')
+
+
+def fusion_task(kind: str, fused: torch.Tensor, vis: torch.Tensor, ir: torch.Tensor, recs,
+                lambdas: Dict[str, float], lambda_rec: float = 1.0):
+    """The fusion task's named terms and its loss L_A (what the weighting calls L_fusion).
+
+    ``kind`` ``ssvif``: :func:`fusion_terms` weighted by ``lambdas`` (eq. 3); ``segfanet``:
+    ``ssim_ir + ssim_vis`` (SegFANet eq. 15). The IRM images ``recs`` (empty for every other
+    model) add ``lambda_rec`` * L_rec, L_rec the sum of the ``rec_i`` terms (eq. 16), also
+    logged as ``loss_rec``. Returns ``(terms, total)``.
+    """
+    if kind == 'ssvif':
+        terms = fusion_terms(fused, vis, ir)
+        total = weighted_fusion(terms, lambdas)
+    elif kind == 'segfanet':
+        terms = segfanet_fusion_terms(fused, vis, ir)
+        total = terms['ssim_ir'] + terms['ssim_vis']
+    else:
+        raise ValueError(f'unknown fusion loss {kind!r}; choose one of {FUSION_LOSSES}')
+    rec = reconstruction_terms(recs, vis, ir)
+    if rec:
+        l_rec = sum(rec.values())
+        terms.update(rec)
+        terms['loss_rec'] = l_rec
+        total = total + float(lambda_rec) * l_rec
+    return terms, total

@@ -3,9 +3,12 @@
 Training and deployment use this one class, so F + H are wired together in one place:
 
 * **training** (:class:`ssvif_train.trainer.Trainer`): :meth:`SSVIFNet.from_config` builds F,
-  and with CSC on H and S. ``forward(vis, ir, stage2)`` returns ``(fused, logits_a, logits_b)``
-  (logits None in stage I); :meth:`SSVIFNet.fuse` pads the inputs to the model's multiple and
-  crops the result, so any image size trains.
+  and with CSC on H and S (supervised without CSC, ``model.classes: msrs`` with
+  ``train.csc: false``: H only). ``forward(vis, ir, stage2)`` returns
+  ``(fused, logits_a, logits_b)`` (logits None in stage I, logits_b None without S), with
+  ``aux=True`` also the model's reconstruction images (SegFANet's IRM images, from
+  ``forward_with_aux``; an empty list for other models); :meth:`SSVIFNet.fuse` pads the inputs
+  to the model's multiple and crops the result, so any image size trains.
 * **deployment** (``ssvif-export``, the torch backend, the benchmarks): :meth:`from_checkpoint`
   rebuilds F and H from a checkpoint's records (S is not needed), and :meth:`for_export` switches
   ``forward(vis, ir)`` to the deployed interface ``(fused, class_ids[, logits])`` on inputs
@@ -53,15 +56,16 @@ class SSVIFNet(nn.Module):
     # ------------------------------------------------------------------ building
     @classmethod
     def from_config(cls, cfg) -> 'SSVIFNet':
-        """Fresh F (and with ``train.csc`` H and S) from a :class:`ssvif_train.config.Config`."""
+        """Fresh F, H (CSC or labels) and S (CSC) from a :class:`ssvif_train.config.Config`."""
         args = dict(cfg.model.args)
         if not cfg.data.three_channel:
             args['channels'] = 1
         fusion = create_model(cfg.model.name, **args)
         head = seg = None
-        if cfg.train.csc:
+        if cfg.train.csc or cfg.model.classes == 'msrs':
             head = SegHead(fusion.feature_channels, cfg.model.num_classes,
                            cfg.model.head_hidden, cfg.model.head_padding)
+        if cfg.train.csc:
             seg = SegFormerSeg(cfg.model.segformer, cfg.model.num_classes)
         return cls(fusion, head, seg, cfg.data.three_channel)
 
@@ -118,33 +122,57 @@ class SSVIFNet(nn.Module):
         return self.eval()
 
     # ------------------------------------------------------------------ running
-    def fuse_padded(self, vis: torch.Tensor, ir: torch.Tensor):
-        """(fused N x 3 x H x W, seg features) of inputs whose H, W are multiples of the pad."""
-        if self.three_channel:
-            return self.fusion.forward_with_features(vis, ir)
-        vis_in = rgb_to_gray(vis)[:, None]                               # N x 1 x H x W
-        fused, feats = self.fusion.forward_with_features(vis_in, ir[:, :1])
-        # Single-channel ablation: the fused luma takes the visible image's chroma.
-        ycc = rgb_to_ycbcr(vis)                                          # N x 3 x H x W
-        ycc = torch.cat([fused, ycc[:, 1:]], dim=1)
-        return ycbcr_to_rgb(ycc).clamp(0.0, 1.0), feats
+    def fuse_padded(self, vis: torch.Tensor, ir: torch.Tensor, aux: bool = False):
+        """(fused N x 3 x H x W, seg features) of inputs whose H, W are multiples of the pad.
 
-    def fuse(self, vis: torch.Tensor, ir: torch.Tensor):
-        """Fused RGB N x 3 x H x W and seg features of any size (padded inside, cropped)."""
+        ``aux``: a third item, the model's reconstruction images (``forward_with_aux``; [] for
+        models without them).
+        """
+        if not self.three_channel:
+            vis_in = rgb_to_gray(vis)[:, None]                           # N x 1 x H x W
+            ir_in = ir[:, :1]
+        else:
+            vis_in, ir_in = vis, ir
+        recs = []
+        if aux and hasattr(self.fusion, 'forward_with_aux'):
+            fused, feats, recs = self.fusion.forward_with_aux(vis_in, ir_in)
+        else:
+            fused, feats = self.fusion.forward_with_features(vis_in, ir_in)
+        if not self.three_channel:
+            # Single-channel ablation: the fused luma takes the visible image's chroma.
+            ycc = rgb_to_ycbcr(vis)                                      # N x 3 x H x W
+            ycc = torch.cat([fused, ycc[:, 1:]], dim=1)
+            fused = ycbcr_to_rgb(ycc).clamp(0.0, 1.0)
+        return (fused, feats, recs) if aux else (fused, feats)
+
+    def fuse(self, vis: torch.Tensor, ir: torch.Tensor, aux: bool = False):
+        """Fused RGB N x 3 x H x W and seg features of any size (padded inside, cropped).
+
+        ``aux``: a third item, the reconstruction images (cropped like the fused image).
+        """
         h, w = vis.shape[-2:]
         vis_p, pad = pad_to_multiple(vis, self.pad_multiple)
         ir_p, _ = pad_to_multiple(ir, self.pad_multiple)
-        fused, feats = self.fuse_padded(vis_p, ir_p)
-        return unpad(fused, pad)[..., :h, :w], feats
+        fused, feats, *recs = self.fuse_padded(vis_p, ir_p, aux)
+        fused = unpad(fused, pad)[..., :h, :w]
+        if not aux:
+            return fused, feats
+        return fused, feats, [unpad(r, pad)[..., :h, :w] for r in recs[0]]
 
-    def forward(self, vis: torch.Tensor, ir: torch.Tensor, stage2: bool = False):
-        """Training: (fused, logits_a or None, logits_b or None); deployed: see for_export."""
+    def forward(self, vis: torch.Tensor, ir: torch.Tensor, stage2: bool = False,
+                aux: bool = False):
+        """Training: (fused, logits_a or None, logits_b or None[, reconstructions with aux]).
+
+        Deployed: see :meth:`for_export`.
+        """
         if self.seg_upsample is not None:
             return self._deployed(vis, ir)
-        fused, feats = self.fuse(vis, ir)
-        if not stage2 or self.head is None:
-            return fused, None, None
-        return fused, self.head(feats), self.seg(fused)
+        fused, feats, *recs = self.fuse(vis, ir, aux)
+        la = lb = None
+        if stage2 and self.head is not None:
+            la = self.head(feats)
+            lb = None if self.seg is None else self.seg(fused)
+        return (fused, la, lb, recs[0]) if aux else (fused, la, lb)
 
     def _deployed(self, vis: torch.Tensor, ir: torch.Tensor):
         """vis, ir N x 3 x H x W (padded) -> fused N x 3 x H x W, ids N x H x W uint8[, logits]."""

@@ -2,13 +2,14 @@
 
 Stage I trains only the fusion model F with L_fusion; after the first epoch whose mean L_fusion
 exceeds the previous epoch's (or ``train.stage1_max_epochs`` epochs, :func:`should_switch`)
-training switches to stage II, where F, H and S train together. Without CSC there is no stage II.
+training switches to stage II, where F, H and S train together. Without a segmentation task (no
+CSC and no labels) there is no stage II.
 
 Model selection: stage I monitors validation L_fusion. When stage II starts, the best value and
 the patience counter are reset and stage II monitors its own criterion (``train.monitor``,
 resolved by the trainer: validation box-F1, mIoU or L_fusion), so ``best.pt`` is a stage-II
 checkpoint whenever stage II ran. Early stopping (``train.patience`` epochs without improvement)
-never ends stage I when CSC is on (``train.stage1_max_epochs`` does).
+never ends stage I when a segmentation task follows (``train.stage1_max_epochs`` does).
 """
 from __future__ import annotations
 
@@ -43,14 +44,15 @@ class Schedule:
     STATE_KEYS = ('epoch', 'stage', 'stage1_epochs', 'stage1_means', 'best_val', 'best_epoch',
                   'bad_epochs', 'global_step')
 
-    def __init__(self, train_cfg, stage2_monitor: str = 'fusion'):
-        self.csc = train_cfg.csc
+    def __init__(self, train_cfg, stage2_monitor: str = 'fusion', seg_task=None):
+        # seg_task: a stage II exists (CSC, or supervised labels alone); default train.csc.
+        self.seg_task = train_cfg.csc if seg_task is None else bool(seg_task)
         self.stage1_cap = train_cfg.stage1_max_epochs
         self.patience = train_cfg.patience
         self.stage2_monitor = stage2_monitor
         self.epoch = 0
-        self.stage = 1 if (train_cfg.two_stage and train_cfg.csc) else 2
-        if not train_cfg.csc:
+        self.stage = 1 if (train_cfg.two_stage and self.seg_task) else 2
+        if not self.seg_task:
             self.stage = 1
         self.stage1_epochs = 0
         self.stage1_means: List[float] = []
@@ -61,13 +63,16 @@ class Schedule:
 
     def monitor_name(self, stage: int) -> str:
         """What selects ``best.pt`` in ``stage``: fusion, box_f1 or miou."""
-        if stage == 1 or not self.csc:
+        if stage == 1 or not self.seg_task:
             return 'fusion'
         return self.stage2_monitor
 
     def should_stop(self) -> bool:
-        """Early stopping: ``patience`` epochs without improvement (never in stage I with CSC)."""
-        if not self.patience or (self.stage == 1 and self.csc):
+        """Early stopping: ``patience`` epochs without improvement.
+
+        Never in stage I when a stage II follows (CSC or labels): stage I ends by its own rule.
+        """
+        if not self.patience or (self.stage == 1 and self.seg_task):
             return False
         return self.bad_epochs >= self.patience
 
@@ -78,8 +83,8 @@ class Schedule:
         if self.stage == 1:
             self.stage1_epochs += 1
             self.stage1_means.append(train_fusion)
-            if self.csc and should_switch(self.stage1_means, self.stage1_epochs,
-                                          self.stage1_cap):
+            if self.seg_task and should_switch(self.stage1_means, self.stage1_epochs,
+                                               self.stage1_cap):
                 self.stage = 2
                 switched = True
         self.epoch += 1

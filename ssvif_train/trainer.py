@@ -14,6 +14,15 @@ L_fusion against L_csc in the label-free mode. CSC still runs on every pair; its
 L_seg ramps up over ``train.csc_ramp_epochs`` stage-II epochs (:func:`csc_ramp`) and
 ``loss.csc_threshold`` keeps unconfident pseudo labels out.
 
+Supervised without SSVIF (``model.classes: msrs`` with ``train.csc: false``, SegFANet's paper
+form): H is built but not S; the segmentation task is L_seg = CE + Dice of H on the labelled
+pixels (``seg_ce``, ``seg_dice``), balanced against the fusion task by the weighting strategy;
+``weighting: fixed`` with ``fixed_omega: 1`` gives SegFANet's L_f + L_rec + L_s.
+
+Fusion task: ``loss.fusion`` picks its loss (``auto``: the model's own, its ``fusion_loss``
+attribute, else SSVIF's L_fusion; :func:`ssvif_train.losses.fusion_task`); a model with
+reconstruction images (SegFANet's IRMs) adds ``loss.lambda_rec`` * L_rec to it.
+
 Gradients: each step computes the fusion-task and CSC-task gradients separately
 (``torch.autograd.grad``), so GDWA gets the gradient norms on the shared fusion parameters, the
 logs get alpha_cf and cos(phi) (paper appendix C), and the update is a * g_fusion + b * g_csc
@@ -77,6 +86,8 @@ class Trainer:
         self.semantic = cfg.model.classes == 'msrs'
         self.sup_weights = (torch.tensor(cfg.loss.sup_class_weights, dtype=torch.float32)
                             if cfg.loss.sup_class_weights else None)
+        # A segmentation task runs with CSC, or supervised on the labels alone (csc false).
+        self.seg_task = cfg.train.csc or self.semantic
         if self.semantic and set(self.train_ds.kinds) == {'none'}:
             raise TrainingError('model.classes msrs needs labels, but no training pair has a '
                                 'pixel label or a box file (data.labels, data.boxes)')
@@ -94,7 +105,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
         self.model = self.dist.wrap(self.net, self.device)
         self.lambdas = losses.fusion_lambdas(cfg.loss)
-        self.schedule = Schedule(cfg.train, self._stage2_monitor())
+        self.fusion_loss = cfg.loss.fusion if cfg.loss.fusion != 'auto' else \
+            getattr(self.net.fusion, 'fusion_loss', 'ssvif')
+        self.schedule = Schedule(cfg.train, self._stage2_monitor(), self.seg_task)
         self.history: List[Dict] = []
         if ckpt is not None:
             try:
@@ -114,10 +127,10 @@ class Trainer:
         """``train.monitor`` resolved for stage II.
 
         ``auto`` is box_f1 with validation boxes, miou with validation pixel labels, else
-        fusion; runs without CSC always monitor fusion.
+        fusion; runs without a segmentation task always monitor fusion.
         """
         want = self.cfg.train.monitor
-        if not self.cfg.train.csc:
+        if not self.seg_task:
             return 'fusion'
         if want != 'auto':
             return want
@@ -179,10 +192,11 @@ class Trainer:
         # DDP must not reduce on its own: the two task gradients are averaged in allreduce.
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
         with self.dist.no_sync(self.model), autocast:
-            fused, logits_a, logits_b = self.model(vis, ir, stage2)
+            fused, logits_a, logits_b, recs = self.model(vis, ir, stage2, aux=True)
         fused = fused.float()
-        f_terms = losses.fusion_terms(fused, vis, ir)
-        l_fusion = losses.weighted_fusion(f_terms, self.lambdas)
+        f_terms, l_fusion = losses.fusion_task(self.fusion_loss, fused, vis, ir,
+                                               [r.float() for r in recs], self.lambdas,
+                                               self.cfg.loss.lambda_rec)
         # scaler.scale() also initialises the scaler's state that scaler.step() checks.
         scaled = self.scaler.scale(l_fusion)
         scale = self.scaler.get_scale() if self.use_amp else 1.0
@@ -192,7 +206,15 @@ class Trainer:
         row = {k: float(v.detach()) for k, v in f_terms.items()}
         row['loss_fusion'] = self._mean(l_fusion)
         norm_f = math.sqrt(sum(float(g.double().pow(2).sum()) for g in g_f)) / scale
-        if stage2:
+        if stage2 and logits_b is None:
+            # Supervised without S (SegFANet's paper form): L_seg = CE + Dice of H on labels.
+            s_terms = losses.segmentation_terms(logits_a, label.to(self.device, non_blocking=True),
+                                                self.cfg.loss.dice_eps, self.sup_weights)
+            l_seg = s_terms['seg_ce'] + s_terms['seg_dice']
+            row.update({k: float(v.detach()) for k, v in s_terms.items()})
+            row['loss_sup'] = self._mean(l_seg)
+            self._seg_task_update(row, l_seg, row['loss_sup'], g_f, norm_f, scale)
+        elif stage2:
             c_terms = losses.csc_terms(logits_a, logits_b, tuple(vis.shape[-2:]),
                                        self.cfg.loss.dice_eps, self.cfg.loss.csc_threshold)
             l_csc = losses.csc_total(c_terms)
@@ -209,26 +231,10 @@ class Trainer:
                 row['csc_ramp'] = ramp
                 row.update({k: float(v.detach()) for k, v in s_terms.items()})
                 row['loss_sup'] = self._mean(l_sup)
-            g_c = torch.autograd.grad(self.scaler.scale(l_seg), shared + other,
-                                      allow_unused=True)
-            g_c = self.dist.allreduce(list(g_c), shared + other)
-            gc_shared = g_c[:len(shared)]
-            norm_c = math.sqrt(sum(float(g.double().pow(2).sum()) for g in gc_shared)) / scale
-            dot = sum(float((a.double() * b.double()).sum()) for a, b in zip(g_f, gc_shared))
-            dot /= scale * scale
             row.update({k: float(v.detach()) for k, v in c_terms.items()})
             row['loss_csc'] = self._mean(l_csc)
             loss_seg = ramp * row['loss_csc'] + row.get('loss_sup', 0.0)
-            a, b = self.weighting.step(norm_f, norm_c, row['loss_fusion'], loss_seg)
-            for p, gf, gc in zip(shared, g_f, gc_shared):
-                p.grad = a * gf + b * gc
-            for p, gc in zip(other, g_c[len(shared):]):
-                p.grad = b * gc
-            row['alpha_cf'] = dot / (norm_f ** 2) if norm_f > 0 else math.nan
-            row['cos_phi'] = dot / (norm_f * norm_c) if norm_f > 0 and norm_c > 0 else math.nan
-            row['loss_total'] = a * row['loss_fusion'] + b * loss_seg
-            row.update({'omega_csc': self.weighting.last['omega'], 'g_a': norm_f, 'g_b': norm_c,
-                        'r_a': self.weighting.last['r_a'], 'r_b': self.weighting.last['r_b']})
+            self._seg_task_update(row, l_seg, loss_seg, g_f, norm_f, scale)
         else:
             for p, gf in zip(shared, g_f):
                 p.grad = gf
@@ -240,11 +246,31 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return row
 
+    def _seg_task_update(self, row, l_seg, loss_seg: float, g_f, norm_f: float, scale: float):
+        """Segmentation-task gradients and the weighted update a * g_fusion + b * g_seg."""
+        shared, other = self.params_shared, self.params_other
+        g_c = torch.autograd.grad(self.scaler.scale(l_seg), shared + other, allow_unused=True)
+        g_c = self.dist.allreduce(list(g_c), shared + other)
+        gc_shared = g_c[:len(shared)]
+        norm_c = math.sqrt(sum(float(g.double().pow(2).sum()) for g in gc_shared)) / scale
+        dot = sum(float((a.double() * b.double()).sum()) for a, b in zip(g_f, gc_shared))
+        dot /= scale * scale
+        a, b = self.weighting.step(norm_f, norm_c, row['loss_fusion'], loss_seg)
+        for p, gf, gc in zip(shared, g_f, gc_shared):
+            p.grad = a * gf + b * gc
+        for p, gc in zip(other, g_c[len(shared):]):
+            p.grad = b * gc
+        row['alpha_cf'] = dot / (norm_f ** 2) if norm_f > 0 else math.nan
+        row['cos_phi'] = dot / (norm_f * norm_c) if norm_f > 0 and norm_c > 0 else math.nan
+        row['loss_total'] = a * row['loss_fusion'] + b * loss_seg
+        row.update({'omega_csc': self.weighting.last['omega'], 'g_a': norm_f, 'g_b': norm_c,
+                    'r_a': self.weighting.last['r_a'], 'r_b': self.weighting.last['r_b']})
+
     # ------------------------------------------------------------------ epochs
     def validate(self) -> Dict[str, float]:
         """Validation scores of the current model (:func:`ssvif_train.validation.validate`)."""
         return validate(self.net, self.loader(self.val_ds, train=False), self.val_ds, self.cfg,
-                        self.lambdas, self.semantic, self.device)
+                        self.lambdas, self.semantic, self.device, self.fusion_loss)
 
     def run(self) -> Dict:
         """Train until ``train.epochs``, early stopping or the end; return the final summary."""
@@ -309,7 +335,8 @@ class Trainer:
         self.dist.sync_buffers(self.net)
         val = self.validate()
         if sch.stage == 2:
-            self.weighting.epoch_end(means['loss_fusion'], means.get('loss_csc', 0.0))
+            self.weighting.epoch_end(means['loss_fusion'],
+                                     means.get('loss_csc', means.get('loss_sup', 0.0)))
         end = sch.end_epoch(means['loss_fusion'], val)
         if end.switched:
             log.info('switching to stage II after epoch %d', sch.epoch)

@@ -1,6 +1,7 @@
 """Validation of a training run after each epoch.
 
-Every validation pair gives L_fusion (the same weighted terms as training); the first
+Every validation pair gives L_fusion (the fusion task of training, ``fusion_loss`` and the
+model's reconstruction terms included, :func:`ssvif_train.losses.fusion_task`); the first
 ``train.val_metric_images`` pairs also give the configured fusion metrics
 (:func:`ssvif_ros.metrics.validation_metrics`). Semantic runs (``model.classes: msrs``) also
 score H's class map (logits upsampled bilinearly to the image, the CSC loss's resolution rule):
@@ -21,7 +22,7 @@ from ssvif_train.tensor_imaging import nchw_to_hwc
 
 @torch.no_grad()
 def validate(net, loader, val_ds, cfg, lambdas: Dict[str, float], semantic: bool,
-             device: torch.device) -> Dict[str, float]:
+             device: torch.device, fusion_loss: str = 'ssvif') -> Dict[str, float]:
     """Validation scores of ``net`` (an SSVIFNet) on ``loader`` over ``val_ds``, in order.
 
     Keys: ``val_fusion``; ``val_<metric>`` for the fusion metrics; with ``semantic``
@@ -40,8 +41,9 @@ def validate(net, loader, val_ds, cfg, lambdas: Dict[str, float], semantic: bool
     index = 0
     for vis, ir, label in loader:
         vis, ir = vis.to(device), ir.to(device)
-        fused, feats = net.fuse(vis, ir)
-        lf = losses.weighted_fusion(losses.fusion_terms(fused.float(), vis, ir), lambdas)
+        fused, feats, recs = net.fuse(vis, ir, aux=True)
+        _, lf = losses.fusion_task(fusion_loss, fused.float(), vis, ir,
+                                   [r.float() for r in recs], lambdas, cfg.loss.lambda_rec)
         total += float(lf) * vis.shape[0]
         count += vis.shape[0]
         if cfg.train.val_metrics and len(metric_rows) < cfg.train.val_metric_images:

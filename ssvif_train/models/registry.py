@@ -161,7 +161,7 @@ def _import_builtin():
         return
     _BUILTIN_DONE = True
     import importlib
-    for mod in ('seafusion', 'swinfusion', 'rtfusion'):
+    for mod in ('seafusion', 'swinfusion', 'rtfusion', 'segfanet', 'emma'):
         try:
             importlib.import_module(f'ssvif_train.models.{mod}')
         except ModuleNotFoundError as exc:
