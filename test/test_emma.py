@@ -1,4 +1,5 @@
 """EMMA-style fusion network: size, shapes, gradients, SSVIF head features, export."""
+from model_helpers import n_params as _n_params, one_thread, random_pair as _pair  # noqa: F401
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,28 +12,9 @@ from ssvif_train.models.segmentation import SegHead
 SMALL = {'widths': [4, 8, 8, 8], 'num_heads': 2, 'local_blocks': 1}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _pair(n, h, w, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    vis = torch.rand(n, 3, h, w, generator=g)
-    ir = torch.rand(n, 1, h, w, generator=g).repeat(1, 3, 1, 1)
-    return vis, ir
-
-
 def _small(**extra):
     torch.manual_seed(0)
     return registry.create_model('emma', **dict(SMALL, **extra))
-
-
-def _n_params(model):
-    return sum(p.numel() for p in model.parameters())
 
 
 def test_registered_with_the_paper_size():

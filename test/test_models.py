@@ -1,6 +1,7 @@
 """Fusion model architectures: shapes, ranges, sizes, features, gradients, checkpoints, ONNX."""
 import warnings
 
+from model_helpers import n_params as _n_params, one_thread, random_pair as _pair  # noqa: F401
 import numpy as np
 import pytest
 import torch
@@ -24,28 +25,9 @@ PARAMS = {'seafusion': 0.166e6, 'swinfusion': 0.983e6, 'rtfusion': 0.032e6}
 NAMES = sorted(SMALL)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _pair(n, h, w, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    vis = torch.rand(n, 3, h, w, generator=g)
-    ir = torch.rand(n, 1, h, w, generator=g).repeat(1, 3, 1, 1)  # thermal repeated to 3 ch
-    return vis, ir
-
-
 def _small(name, **extra):
     torch.manual_seed(0)
     return registry.create_model(name, **SMALL[name], **extra).eval()
-
-
-def _n_params(model):
-    return sum(p.numel() for p in model.parameters())
 
 
 def test_all_registered():

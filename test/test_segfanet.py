@@ -1,6 +1,7 @@
 """SegFANet: sizes, CAM pooling, colour, gradients, its losses, ablation configs, export."""
 from pathlib import Path
 
+from model_helpers import n_params as _n_params, one_thread, random_pair as _pair  # noqa: F401
 import numpy as np
 import pytest
 import torch
@@ -17,28 +18,9 @@ CONFIGS = sorted((REPO / 'config' / 'train').glob('segfanet_*.yaml'))
 SMALL = {'widths': [8, 12, 16], 'stem': 4, 'seg_width': 8, 'pool': 4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _pair(n, h, w, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    vis = torch.rand(n, 3, h, w, generator=g)
-    ir = torch.rand(n, 1, h, w, generator=g).repeat(1, 3, 1, 1)
-    return vis, ir
-
-
 def _small(**extra):
     torch.manual_seed(0)
     return registry.create_model('segfanet', **dict(SMALL, **extra))
-
-
-def _n_params(model):
-    return sum(p.numel() for p in model.parameters())
 
 
 def test_registered_with_documented_size():

@@ -3,6 +3,7 @@ import csv
 import math
 from pathlib import Path
 
+from model_helpers import one_thread  # noqa: F401 (autouse fixture)
 import numpy as np
 import pytest
 import torch
@@ -18,14 +19,6 @@ CONFIGS = sorted((REPO / 'config' / 'train').glob('segfanet_*.yaml'))
 TINY = 'model.args={widths: [8, 8, 8], stem: 4, seg_width: 8, pool: 4}'
 QUICK = ['train.progress=false', 'train.threads=1', 'train.val_metrics=[]', 'data.crop=32',
          'train.batch_size=2']
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def read_csv(path):
