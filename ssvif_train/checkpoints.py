@@ -112,6 +112,23 @@ def read_checkpoint(path: str) -> dict:
     return ckpt
 
 
+def read_init_weights(path: str) -> dict:
+    """The weight records of ``train.init``: a training checkpoint or a model's ``model.pt``.
+
+    TrainingError naming the file and the reason when it cannot be read or holds no fusion
+    network.
+    """
+    try:
+        ckpt = torch_load_checked(path)
+    except ValueError as exc:
+        raise TrainingError(f'train.init: {exc}') from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('fusion'), dict) \
+            or 'state_dict' not in ckpt['fusion']:
+        raise TrainingError(f'train.init: {path} holds no fusion network (expected a training '
+                            'checkpoint or a model.pt written by ssvif-export --copy-checkpoint)')
+    return ckpt
+
+
 def checkpoint_epoch(path: str) -> int:
     """The completed epoch recorded in a training checkpoint."""
     ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)

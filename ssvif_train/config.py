@@ -100,6 +100,8 @@ class TrainConfig:
     epochs: int = 110
     batch_size: int = 10
     lr: float = 1e-4
+    lr_schedule: str = 'constant'  # constant | cosine (to 0 over train.epochs, per epoch)
+    init: str = ''                # checkpoint whose weights start the run (fine-tuning)
     patience: int = 10            # early stopping on the monitored value (0 = off)
     monitor: str = 'auto'         # stage II selection: auto | fusion | box_f1 | miou
     csc_ramp_epochs: int = 0      # semantic: L_seg = L_sup + ramp * L_csc over this many epochs
@@ -149,6 +151,7 @@ _CHOICES = {
     'model.head_padding': ('replicate', 'zeros'),
     'train.monitor': ('auto', 'fusion', 'box_f1', 'miou'),
     'loss.fusion': ('auto', 'ssvif', 'segfanet'),
+    'train.lr_schedule': ('constant', 'cosine'),
 }
 
 

@@ -42,8 +42,8 @@ import torch
 
 from ssvif_train import losses
 from ssvif_train.checkpoints import (CHECKPOINT_FORMAT, copy_atomic, first_line,
-                                     prepare_run_dir, read_checkpoint, repair_best, TrainingError,
-                                     write_run_info)
+                                     prepare_run_dir, read_checkpoint, read_init_weights,
+                                     repair_best, TrainingError, write_run_info)
 from ssvif_train.config import Config, config_from_dict
 from ssvif_train.data import build_datasets
 from ssvif_train.distributed import Dist, pick_device
@@ -97,6 +97,12 @@ class Trainer:
                              for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params_shared + self.params_other,
                                           lr=cfg.train.lr)
+        # Stepped once per epoch, so a resumed run continues the same curve.
+        self.lr_schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=max(1, cfg.train.epochs))
+            if cfg.train.lr_schedule == 'cosine' else None)
+        if cfg.train.init and ckpt is None:
+            self._init_weights(cfg.train.init)
         self.weighting = create_weighting(cfg.weighting)
         # Mixed precision: fp16 autocast + GradScaler on CUDA; bf16 on CPU only on request.
         self.use_amp = (cfg.train.amp and self.device.type == 'cuda') or \
@@ -140,9 +146,25 @@ class Trainer:
             return 'miou'
         return 'fusion'
 
+    def _init_weights(self, path: str):
+        """Start from the weights of ``train.init``; optimizer, weighting, stages start fresh."""
+        init = read_init_weights(path)
+        try:
+            self.net.load_records(init)
+        except (KeyError, RuntimeError) as exc:
+            raise TrainingError(f'train.init: {path} does not fit this configuration: '
+                                f'{first_line(exc)}') from None
+        fresh = [name for name, key, mod in (('H', 'head', self.net.head),
+                                             ('S', 'seg', self.net.seg))
+                 if mod is not None and not init.get(key)]
+        log.info('weights from %s%s', path,
+                 f' ({" and ".join(fresh)} start from random weights)' if fresh else '')
+
     def _restore(self, ckpt: dict):
         self.net.load_records(ckpt)
         self.optimizer.load_state_dict(ckpt['optimizer'])
+        if self.lr_schedule is not None and ckpt.get('lr_schedule'):
+            self.lr_schedule.load_state_dict(ckpt['lr_schedule'])
         self.weighting.load_state_dict(ckpt['weighting'])
         if ckpt.get('scaler'):
             self.scaler.load_state_dict(ckpt['scaler'])
@@ -350,6 +372,8 @@ class Trainer:
         if self.semantic:
             erow['train_sup'] = means.get('loss_sup', math.nan)
         self.history.append(erow)
+        if self.lr_schedule is not None:
+            self.lr_schedule.step()
         # last.pt first (it records best_epoch), then best.pt as a copy of it, then the epoch row:
         # a kill at any point leaves last.pt either before or after this epoch, and resume
         # repairs best.pt and rewrites both CSVs from last.pt (checkpoints.repair_best, RunLog).
@@ -374,6 +398,7 @@ class Trainer:
             'config': self.cfg.to_dict(),
             'config_digest': self.cfg.digest(),
             'optimizer': self.optimizer.state_dict(),
+            'lr_schedule': self.lr_schedule.state_dict() if self.lr_schedule else None,
             'weighting': self.weighting.state_dict(),
             'scaler': self.scaler.state_dict() if self.use_amp else None,
             'state': self.schedule.state_dict(),
