@@ -286,17 +286,30 @@ def _cell(values):
     return f'{np.mean(vals):.3f} ± {sd:.3f}'
 
 
-def table(results, seeds, command: str, n_train: int, n_val: int) -> str:
-    """The Markdown report: command line, table, and what it shows."""
+def image_delta(images, reference) -> float:
+    """Mean abs difference of two lists of 8-bit images, in grey levels (0..255)."""
+    return float(np.mean([np.mean(np.abs(a.astype(np.int16) - b.astype(np.int16)))
+                          for a, b in zip(images, reference)]))
+
+
+def table(results, seeds, command: str, n_train: int, n_val: int, deltas=None) -> str:
+    """The Markdown report: command line, table, and what it shows.
+
+    ``deltas``: per source, the mean abs difference of its validation images from the max-luma
+    rule's (grey levels), so a row whose images equal the rule's is read as the rule.
+    """
+    deltas = deltas or {}
     lines = [f'Downstream segmentation (bench/seg_downstream.py): one DownstreamSegNet per '
              f'source, {n_train} msrs/train pairs (box labels), scored on {n_val} msrs/val '
              f'pairs; seeds {", ".join(str(s) for s in seeds)}.', '',
              f'    {command}', '',
-             '| source | box-F1 | ' + ' | '.join(f'{c} F1' for c in CLASSES) + ' |',
-             '|---|---|' + '---|' * len(CLASSES)]
+             '| source | box-F1 | ' + ' | '.join(f'{c} F1' for c in CLASSES)
+             + ' | image vs max-luma |',
+             '|---|---|' + '---|' * len(CLASSES) + '---|']
     for name, runs in results.items():
         cells = [_cell([r['box_f1'] for r in runs])]
         cells += [_cell([r['classes'][c]['f1'] for r in runs]) for c in CLASSES]
+        cells.append(f'{deltas[name]:.2f}' if name in deltas else 'n/a')
         lines.append(f'| {TITLES[name]} | ' + ' | '.join(cells) + ' |')
     lines.append('')
     if len(seeds) > 1:
@@ -306,7 +319,9 @@ def table(results, seeds, command: str, n_train: int, n_val: int) -> str:
         lines.append('One seed: no spread is measured, so no difference between rows is '
                      'claimed; run with --seeds 0 1 2.')
     lines.append('Box-F1: mean F1 of person, car, bike (box recall at 20 % coverage, pixel '
-                 'precision within boxes grown by 5 px; ssvif-eval boxes).')
+                 'precision within boxes grown by 5 px; ssvif-eval boxes). Image vs max-luma: '
+                 'mean abs difference of the validation images from the max-luma rule\'s, in '
+                 'grey levels.')
     return '\n'.join(lines) + '\n'
 
 
@@ -412,11 +427,13 @@ def main(argv=None) -> int:
                 models[name] = load_fusion_model(name, train_fusion(name, args, args.threads))
         train = load_split(data, 'train', args.max_train)
         val = load_split(data, 'val', args.max_val)
-        results = {}
+        results, deltas = {}, {}
+        rule = source_images('maxluma', val)
         for name in args.sources:
             model = models.get(name)
             tr_imgs = source_images(name, train, model, progress)
             va_imgs = source_images(name, val, model, progress)
+            deltas[name] = image_delta(va_imgs, rule)
             runs = []
             for seed in args.seeds:
                 net = train_seg(tr_imgs, train, args, seed, progress, f'{name} seed {seed}')
@@ -425,14 +442,14 @@ def main(argv=None) -> int:
     except BenchError as exc:
         print(f'seg_downstream: error: {exc}', file=sys.stderr)
         return 2
-    report = table(results, args.seeds, command, len(train), len(val))
+    report = table(results, args.seeds, command, len(train), len(val), deltas)
     print(report, end='')
     if args.out:
         Path(args.out).write_text(report, encoding='utf-8')
     if args.json:
         Path(args.json).write_text(json.dumps(_no_nan(
             {'command': command, 'seeds': args.seeds, 'n_train': len(train), 'n_val': len(val),
-             'results': results}), indent=2), encoding='utf-8')
+             'image_vs_maxluma': deltas, 'results': results}), indent=2), encoding='utf-8')
     return 0
 
 

@@ -51,10 +51,18 @@ def test_end_to_end_on_a_tiny_setting(tmp_path, msrs_dir, tiny_segfanet):
     assert [r.split(' | ')[0][2:] for r in rows] == [
         'visible only', 'thermal only', 'max-luma rule', 'SegFANet, box-supervised']
     assert all(r.count(' ± ') == 4 for r in rows)                  # mean ± sd in every cell
+    # the last column: how far each source's images are from the max-luma rule's
+    delta = {r.split(' | ')[0][2:]: float(r.rstrip(' |').split(' | ')[-1]) for r in rows}
+    assert delta['max-luma rule'] == 0.0
+    assert delta['visible only'] > 0.0 and delta['thermal only'] > 0.0
     assert 'smaller than their spread is not claimed' in text
     assert (tmp_path / 'r.md').read_text() == text
     data = json.loads(out_json.read_text())
     assert data['n_train'] == 3 and data['n_val'] == 2 and data['seeds'] == [0, 1]
+    assert data['image_vs_maxluma'] == pytest.approx(
+        {k: delta[bench_title] for k, bench_title in (
+            ('visible', 'visible only'), ('thermal', 'thermal only'),
+            ('maxluma', 'max-luma rule'), ('segfanet', 'SegFANet, box-supervised'))}, abs=0.005)
     # scored against exactly the boxes of the first two validation pairs
     cmap = labels.box_class_map(labels.DEFAULT_BOX_CLASSES, 4)
     stems = sorted(p.stem for p in (msrs_dir / 'val' / 'vi').iterdir())[:2]
@@ -139,3 +147,11 @@ def test_a_fusion_source_is_trained_by_the_script(bench, tmp_path, msrs_dir, cap
     ckpt = torch.load(work / 'fusion_segfanet' / 'last.pt', weights_only=True)
     assert ckpt['fusion']['model_name'] == 'segfanet' and ckpt['seg'] is None
     assert ckpt['config']['data']['max_pairs'] == 3          # the bench's training pairs
+
+
+def test_image_delta_is_the_mean_abs_difference_in_grey_levels(bench):
+    a = np.full((2, 3, 3), 200, np.uint8)
+    b = np.full((2, 3, 3), 10, np.uint8)
+    b[0, 0, 0] = 250                                  # 50 the other way: no uint8 wrap-around
+    want = (17 * 190 + 50) / 18
+    assert bench.image_delta([a, a], [b, a]) == pytest.approx((want + 0.0) / 2)

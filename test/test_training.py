@@ -186,3 +186,51 @@ def test_early_stopping_on_validation_fusion_loss(msrs_subset, tmp_path):
     assert rows[0]['val_fusion'] == rows[1]['val_fusion']
     ck = torch.load(out / 'last.pt', weights_only=True)
     assert ck['state']['bad_epochs'] == 1 and ck['state']['epoch'] == 2
+
+
+def test_init_fine_tunes_from_a_checkpoint_with_a_cosine_rate(msrs_subset, tmp_path):
+    data = msrs_subset(6)
+    common = ['--data', str(data), '--set', 'model.name=seafusion',
+              '--set', 'model.args={widths: [8, 8, 8]}', '--set', 'model.segformer=b0',
+              '--set', 'train.two_stage=false'] + [a for s in SMALL for a in ('--set', s)]
+    assert train_main(common + ['--out', str(tmp_path / 'a'), '--set', 'train.epochs=1']) == 0
+    src = torch.load(tmp_path / 'a' / 'last.pt', weights_only=True)
+    # before any step the fine-tuned net holds the source's weights, H and S included
+    cfg = load_config(str(tmp_path / 'a' / 'config.json'))
+    cfg.train.init = str(tmp_path / 'a' / 'last.pt')
+    trainer = Trainer(cfg, str(tmp_path / 'b'))
+    for part, mod in (('fusion', trainer.net.fusion), ('head', trainer.net.head),
+                      ('seg', trainer.net.seg)):
+        got = mod.state_dict()
+        assert all(torch.equal(got[k], v) for k, v in src[part]['state_dict'].items()), part
+    # cosine: epoch k (1-based) of E runs at lr * (1 + cos(pi (k - 1) / E)) / 2
+    assert train_main(common + ['--out', str(tmp_path / 'c'), '--set', 'train.epochs=3',
+                                '--set', f'train.init={tmp_path / "a" / "last.pt"}',
+                                '--set', 'train.lr=1e-3', '--set',
+                                'train.lr_schedule=cosine']) == 0
+    lrs = {int(r['epoch']): float(r['lr']) for r in read_csv(tmp_path / 'c' / 'steps.csv')}
+    assert sorted(lrs) == [1, 2, 3]
+    for k, lr in lrs.items():
+        assert abs(lr - 1e-3 * (1 + np.cos(np.pi * (k - 1) / 3)) / 2) < 1e-12, k
+    assert torch.load(tmp_path / 'c' / 'last.pt', weights_only=True)[
+        'lr_schedule']['last_epoch'] == 3
+
+
+def test_init_that_does_not_fit_is_a_one_line_error(msrs_subset, tmp_path, capsys):
+    data = msrs_subset(4)
+    common = ['--data', str(data), '--set', 'model.name=seafusion',
+              '--set', 'model.segformer=b0'] + [a for s in SMALL for a in ('--set', s)]
+    assert train_main(common + ['--out', str(tmp_path / 'a'), '--set', 'train.epochs=1',
+                                '--set', 'model.args={widths: [8, 8, 8]}']) == 0
+    capsys.readouterr()
+    init = tmp_path / 'a' / 'last.pt'
+    rc = train_main(common + ['--out', str(tmp_path / 'b'), '--set', f'train.init={init}',
+                              '--set', 'model.args={widths: [8, 16, 8]}'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert str(init) in err[0] and 'does not fit' in err[0]
+    (tmp_path / 'junk.pt').write_bytes(b'not a checkpoint')
+    rc = train_main(common + ['--out', str(tmp_path / 'c'), '--set',
+                              f'train.init={tmp_path / "junk.pt"}'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and 'junk.pt' in err[0]
