@@ -39,10 +39,12 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
-# Reproduce the embedded default model (CPU, about 60 minutes on 2 cores; doc/segmentation.md):
-# SSVIF with semantic classes on the MSRS train pairs with boxes plus unlabelled RoadScene pairs,
-# exported into ssvif_ros/models/default, then scored on the MSRS validation pairs beside the
-# model it replaces, the thermal rule and the max-luma rule, and timed beside the previous one.
+# Reproduce the embedded default model (CPU, about 110 minutes on 2 cores; doc/segmentation.md):
+# SSVIF with semantic classes on the MSRS train pairs with boxes plus unlabelled RoadScene pairs
+# (rtfusion_semantic.yaml), then fine-tuned from that run with box cores of 0.8 and weighted bikes
+# (rtfusion_semantic_finetune.yaml), exported into ssvif_ros/models/default, then scored on the
+# MSRS validation pairs beside the model it replaces, the thermal rule and the max-luma rule, and
+# timed beside the previous one.
 MSRS ?= ../shared/data/msrs
 ROADSCENE ?= ../shared/data/roadscene
 RUNS ?= runs/default-model
@@ -52,7 +54,10 @@ default-model: $(STAMP)
 	rm -rf $(RUNS)/previous && mkdir -p $(RUNS) && cp -r ssvif_ros/models/default $(RUNS)/previous && \
 	$(VENV)/bin/ssvif-train config/train/rtfusion_semantic.yaml --data $(MSRS)/train \
 	  --extra $(ROADSCENE) --out $(RUNS)/semantic --overwrite --set train.progress=false && \
-	$(VENV)/bin/ssvif-export $(RUNS)/semantic/best.pt --out ssvif_ros/models/default \
+	$(VENV)/bin/ssvif-train config/train/rtfusion_semantic_finetune.yaml --data $(MSRS)/train \
+	  --extra $(ROADSCENE) --out $(RUNS)/finetune --overwrite --set train.progress=false \
+	  --set train.init=$(RUNS)/semantic/best.pt && \
+	$(VENV)/bin/ssvif-export $(RUNS)/finetune/best.pt --out ssvif_ros/models/default \
 	  --copy-checkpoint --seg-upsample nearest && \
 	$(PY) bench/model_quality.py --model new=ssvif_ros/models/default \
 	  --model previous=$(RUNS)/previous --data $(MSRS) --json $(RUNS)/quality.json && \

@@ -320,7 +320,7 @@ def table(results, seeds, command: str, n_train: int, n_val: int, deltas=None) -
                      'claimed; run with --seeds 0 1 2.')
     lines.append('Box-F1: mean F1 of person, car, bike (box recall at 20 % coverage, pixel '
                  'precision within boxes grown by 5 px; ssvif-eval boxes). Image vs max-luma: '
-                 'mean abs difference of the validation images from the max-luma rule\'s, in '
+                 'mean abs difference of the validation images from the max-luma rule images, in '
                  'grey levels.')
     return '\n'.join(lines) + '\n'
 
