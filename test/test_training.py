@@ -22,6 +22,13 @@ SMALL = ['data.crop=48', 'data.val_crop=64', 'train.batch_size=2', 'train.steps_
          'train.progress=false', 'train.val_metric_images=1', 'train.threads=1']
 
 
+def tiny_args(data, *sets):
+    """ssvif-train arguments: a tiny SeAFusion-style F, SegFormer-B0, SMALL, plus ``sets``."""
+    pairs = ['model.name=seafusion', 'model.args={widths: [8, 8, 8]}', 'model.segformer=b0',
+             *sets, *SMALL]
+    return ['--data', str(data)] + [a for s in pairs for a in ('--set', s)]
+
+
 def read_csv(path):
     with open(path, newline='') as f:
         return list(csv.DictReader(f))
@@ -79,9 +86,7 @@ def test_two_epochs_on_real_msrs_reach_stage_two_and_reload(msrs_subset, tmp_pat
 
 def test_resume_continues_exactly(msrs_subset, tmp_path):
     data = msrs_subset(6)
-    common = ['--data', str(data), '--set', 'model.name=seafusion',
-              '--set', 'model.args={widths: [8, 8, 8]}', '--set', 'model.segformer=b0',
-              '--set', 'train.stage1_max_epochs=1'] + [a for s in SMALL for a in ('--set', s)]
+    common = tiny_args(data, 'train.stage1_max_epochs=1')
     assert train_main(common + ['--out', str(tmp_path / 'a'), '--set', 'train.epochs=3']) == 0
     assert train_main(common + ['--out', str(tmp_path / 'b'), '--set', 'train.epochs=2']) == 0
     assert train_main(common + ['--out', str(tmp_path / 'b'), '--resume',
@@ -190,9 +195,7 @@ def test_early_stopping_on_validation_fusion_loss(msrs_subset, tmp_path):
 
 def test_init_fine_tunes_from_a_checkpoint_with_a_cosine_rate(msrs_subset, tmp_path):
     data = msrs_subset(6)
-    common = ['--data', str(data), '--set', 'model.name=seafusion',
-              '--set', 'model.args={widths: [8, 8, 8]}', '--set', 'model.segformer=b0',
-              '--set', 'train.two_stage=false'] + [a for s in SMALL for a in ('--set', s)]
+    common = tiny_args(data, 'train.two_stage=false')
     assert train_main(common + ['--out', str(tmp_path / 'a'), '--set', 'train.epochs=1']) == 0
     src = torch.load(tmp_path / 'a' / 'last.pt', weights_only=True)
     # before any step the fine-tuned net holds the source's weights, H and S included
