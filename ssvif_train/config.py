@@ -51,6 +51,7 @@ class DataConfig:
     box_z_hot: float = 2.0       # box pixels this many SDs warmer than the surround are object
     extra: List[str] = field(default_factory=list)  # more dataset folders, training split only
     object_crop: float = 0.0     # share of training crops centred near a labelled object
+    vflip: bool = True           # random vertical flips (False keeps sky above road for classes)
 
 
 @dataclass

@@ -52,8 +52,9 @@ class PairDataset:
 
     ``vis``, ``ir``: 3 x H x W float32 tensors in [0, 1]; ``label``: H x W int64 class ids, 255
     where unlabelled (all 255 when ``labels`` is None or the pair has no label file).
-    ``train=True``: random ``crop`` x ``crop`` crops and horizontal/vertical flips drawn from
-    an RNG seeded by ``(seed, epoch, index)``, so an epoch is reproducible after a resume.
+    ``train=True``: random ``crop`` x ``crop`` crops and horizontal and (``vflip``) vertical
+    flips drawn from an RNG seeded by ``(seed, epoch, index)``, so an epoch is reproducible
+    after a resume.
     ``train=False``: centre crop of ``crop`` (0 = whole image).
     ``object_crop``: share of training crops of labelled pairs placed so that a random labelled
     object (a box centre, or a pixel of an object class) lies inside: MSRS objects sit in a band
@@ -64,9 +65,10 @@ class PairDataset:
     def __init__(self, pairs: List[Pair], crop: int, train: bool, seed: int = 0,
                  resize: str = 'error', norm: Optional[imaging.ThermalNorm] = None,
                  cache: bool = True, labels: Optional[LabelSpec] = None,
-                 object_crop: float = 0.0):
+                 object_crop: float = 0.0, vflip: bool = True):
         self.pairs = list(pairs)
         self.object_crop = float(object_crop)
+        self.vflip = bool(vflip)
         self.crop = int(crop)
         self.train = train
         self.seed = seed
@@ -203,7 +205,7 @@ class PairDataset:
                 label = label[y0:y0 + c, x0:x0 + c]
             if rng.random() < 0.5:
                 vis, ir, label = vis[:, ::-1], ir[:, ::-1], label[:, ::-1]
-            if rng.random() < 0.5:
+            if self.vflip and rng.random() < 0.5:
                 vis, ir, label = vis[::-1], ir[::-1], label[::-1]
         elif c > 0 and h >= c and w >= c:
             y0, x0 = (h - c) // 2, (w - c) // 2
@@ -262,7 +264,7 @@ def build_datasets(cfg) -> Tuple[PairDataset, PairDataset, DiscoveryReport]:
                                d.thermal_p_hi)
     spec = label_spec(cfg)
     train = PairDataset(train_pairs, d.crop, True, d.seed, d.resize, norm, d.cache, spec,
-                        d.object_crop)
+                        d.object_crop, d.vflip)
     val = PairDataset(val_pairs, d.val_crop, False, d.seed, d.resize, norm, d.cache, spec)
     parts = [train]
     for i, root in enumerate(d.extra):
@@ -271,7 +273,7 @@ def build_datasets(cfg) -> Tuple[PairDataset, PairDataset, DiscoveryReport]:
         rep.extra.append(extra)
         # Their own seed stream: an extra folder must not replay the main split's crops.
         parts.append(PairDataset(extra.pairs, d.crop, True, d.seed + 7919 * (i + 1), d.resize,
-                                 norm, d.cache, spec, d.object_crop))
+                                 norm, d.cache, spec, d.object_crop, d.vflip))
     if len(parts) > 1:
         return ConcatPairs(parts), val, rep
     return train, val, rep

@@ -111,3 +111,26 @@ def test_real_msrs_crops_flips_reproducible_per_epoch(msrs_subset):
     vv, ii, ll = val[0]
     assert ll.shape == (480, 640) and (ll == 255).all()  # no labels: all ignored
     assert vv.shape == (3, 480, 640)
+
+
+def test_vflip_false_keeps_the_top_on_top(tmp_path):
+    """Sky above road: with ``data.vflip: false`` no training sample is upside down."""
+    vis = np.zeros((32, 48, 3), np.uint8)
+    vis[:16] = 255                                              # bright top half
+    imaging.write_image(tmp_path / 'vi' / 'a.png', vis)
+    imaging.write_image(tmp_path / 'ir' / 'a.png', np.zeros((32, 48), np.uint8))
+    pairs = discover_pairs(str(tmp_path)).pairs
+    tops = {}
+    for vflip in (True, False):
+        ds = PairDataset(pairs, 0, True, seed=3, vflip=vflip)
+        tops[vflip] = []
+        for epoch in range(16):
+            ds.set_epoch(epoch)
+            v, _, _ = ds[0]
+            tops[vflip].append(bool(v[0, 0].mean() > 0.5))
+    assert all(tops[False])
+    assert not all(tops[True])          # the default flips some (2^-16 chance to flip none)
+    cfg = load_config(None, [f'data.root={tmp_path}', 'data.vflip=false', 'data.crop=16',
+                             'data.val_fraction=0'])
+    train, _, _ = build_datasets(cfg)
+    assert train.vflip is False
