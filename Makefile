@@ -39,10 +39,11 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
-# Reproduce the embedded default model (CPU, about 70 minutes on 2 cores; doc/deployment.md):
+# Reproduce the embedded default model (CPU, about two hours on 2 cores; doc/deployment.md):
 # SSVIF with semantic classes on the MSRS train pairs with boxes plus unlabelled RoadScene pairs
-# (rtfusion_semantic.yaml), then fine-tuned from that run with box cores of 0.8 and weighted bikes
-# (rtfusion_semantic_finetune.yaml), exported into ssvif_ros/models/default, then scored on the
+# (rtfusion_semantic.yaml), fine-tuned from that run with box cores of 0.8 and weighted bikes
+# (rtfusion_semantic_finetune.yaml), then on whole-height MSRS frames without vertical flips and
+# with CSC off (rtfusion_semantic_frames.yaml), exported into ssvif_ros/models/default, then scored on the
 # MSRS validation pairs beside the model it replaces, the thermal rule and the max-luma rule, and
 # timed beside the previous one.
 MSRS ?= ../shared/data/msrs
@@ -57,7 +58,12 @@ default-model: $(STAMP)
 	$(VENV)/bin/ssvif-train config/train/rtfusion_semantic_finetune.yaml --data $(MSRS)/train \
 	  --extra $(ROADSCENE) --out $(RUNS)/finetune --overwrite --set train.progress=false \
 	  --set train.init=$(RUNS)/semantic/best.pt && \
-	$(VENV)/bin/ssvif-export $(RUNS)/finetune/best.pt --out ssvif_ros/models/default \
+	$(VENV)/bin/ssvif-export $(RUNS)/finetune/best.pt --out $(RUNS)/finetune-model \
+	  --copy-checkpoint --seg-upsample nearest && \
+	$(VENV)/bin/ssvif-train config/train/rtfusion_semantic_frames.yaml --data $(MSRS)/train \
+	  --out $(RUNS)/frames --overwrite --set train.progress=false \
+	  --set train.init=$(RUNS)/finetune-model/model.pt && \
+	$(VENV)/bin/ssvif-export $(RUNS)/frames/best.pt --out ssvif_ros/models/default \
 	  --copy-checkpoint --seg-upsample nearest && \
 	$(PY) bench/model_quality.py --model new=ssvif_ros/models/default \
 	  --model previous=$(RUNS)/previous --data $(MSRS) --json $(RUNS)/quality.json && \
