@@ -251,6 +251,7 @@ def run_offline(args, cfg, model, out: Path, stems, scores_factory) -> Dict[str,
     c_seg = writer.add_connection(SEG_TOPIC, IMAGE_TYPE, typestore=ts)
     scores = None
     paired, failed, n_pairs = [], {}, 0
+    t_free = 0  # bag time at which the worker is done with the previous pair
     bar = tqdm(desc=PROG, unit='pair', file=sys.stderr,
                disable=args.quiet or not sys.stderr.isatty())
     stop = _StopOnSigint()  # Ctrl-C ends the run after the pair in hand: bag and report agree
@@ -274,7 +275,10 @@ def run_offline(args, cfg, model, out: Path, stems, scores_factory) -> Dict[str,
             ids = np.ascontiguousarray(ids, np.uint8)
             proc_ns = int((time.perf_counter() - t0) * 1e9)
             frame = rgb_msg.header.frame_id
-            t_out = t_bag + proc_ns
+            # One worker fuses the pairs in turn: a pair waits for the one before it, so the
+            # output log times keep the input order even when a (first, cold) pair is slow.
+            t_out = max(t_bag, t_free) + proc_ns
+            t_free = t_out
             writer.write(c_fused, t_out, ts.serialize_cdr(
                 image_message(ts, fused8, 'rgb8', stamp, frame), IMAGE_TYPE))
             writer.write(c_seg, t_out, ts.serialize_cdr(

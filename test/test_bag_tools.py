@@ -390,3 +390,15 @@ def test_ctrl_c_keeps_the_fused_frames_and_writes_the_report(tmp_path, msrs_subs
     assert rep['status'] == 'interrupted'
     fused = read_bag(out / 'fused')['/fused/image']
     assert 1 <= len(fused) == rep['counts']['fused'] < 12
+
+
+def test_offline_output_keeps_input_order_when_pairs_come_faster_than_inference(tmp_path, val4):
+    """At 1 kHz every pair waits for the one before it: output log times keep the input order."""
+    bag = make(val4, tmp_path / 'bag', '--rate', '1000')
+    out = tmp_path / 'eval'
+    assert bag_main(['eval', str(bag), '--out', str(out), '--quiet']) == 0
+    rep = json.loads((out / 'report.json').read_text())
+    in_stamps = [stamp(m) for _, m in read_bag(bag)['/rgb/image_raw']]
+    out_bag = read_bag(rep['output_bag'])
+    for topic in ('/fused/image', '/fused/segmentation'):
+        assert [stamp(m) for _, m in out_bag[topic]] == in_stamps
