@@ -43,9 +43,9 @@ clean:
 # SSVIF with semantic classes on the MSRS train pairs with boxes plus unlabelled RoadScene pairs
 # (rtfusion_semantic.yaml), fine-tuned from that run with box cores of 0.8 and weighted bikes
 # (rtfusion_semantic_finetune.yaml), then on whole-height MSRS frames without vertical flips and
-# with CSC off (rtfusion_semantic_frames.yaml), exported into ssvif_ros/models/default, then scored on the
-# MSRS validation pairs beside the model it replaces, the thermal rule and the max-luma rule, and
-# timed beside the previous one.
+# with CSC off (rtfusion_semantic_frames.yaml), exported into ssvif_ros/models/default, then
+# scored on the MSRS validation pairs beside the model it replaces, the thermal rule and the
+# max-luma rule, and timed beside the previous one.
 MSRS ?= ../shared/data/msrs
 ROADSCENE ?= ../shared/data/roadscene
 RUNS ?= runs/default-model
