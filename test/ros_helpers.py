@@ -108,15 +108,26 @@ class SpinningNode:
         while not self._stop.is_set() and self.ctx.ok():
             self.executor.spin_once(timeout_sec=0.05)
 
-    def call(self, client, request, timeout: float = 10.0):
-        """Call a service and wait for the answer; AssertionError naming the service if none."""
+    def call(self, client, request, timeout: float = 10.0, resend_every: float = 0.0):
+        """Call a service and wait for the answer; AssertionError naming the service if none.
+
+        ``resend_every`` (read-only requests only): send the request again when it has had no
+        answer for this long. ``wait_for_service`` sees the server's request reader, not that
+        the server has matched this client's response reader yet; an answer sent before that
+        match can be lost, and a lone request then waits forever (a get_state in one full CI
+        run got no answer in 20 s).
+        """
         assert client.wait_for_service(timeout_sec=timeout), f'{client.srv_name} not available'
-        future = client.call_async(request)
-        end = time.monotonic() + timeout
-        while not future.done() and time.monotonic() < end:
+        futures = [client.call_async(request)]
+        start = time.monotonic()
+        end = start + timeout
+        while not any(f.done() for f in futures) and time.monotonic() < end:
             time.sleep(0.02)
-        assert future.done(), f'no answer from {client.srv_name}'
-        return future.result()
+            if resend_every > 0 and time.monotonic() - start > resend_every * len(futures):
+                futures.append(client.call_async(request))
+        done = [f for f in futures if f.done()]
+        assert done, f'no answer from {client.srv_name}'
+        return done[0].result()
 
     def close(self):
         """Stop spinning, destroy the node and its context, restore the environment."""

@@ -48,7 +48,8 @@ class Manager(SpinningNode):
             self.fused.append(stamp_ns(msg.header))
 
     def state(self) -> str:
-        return self.call(self.get, GetState.Request(), timeout=20.0).current_state.label
+        return self.call(self.get, GetState.Request(), timeout=20.0,
+                         resend_every=2.0).current_state.label
 
     def transition(self, transition_id) -> bool:
         req = ChangeState.Request()
