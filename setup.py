@@ -29,6 +29,7 @@ setup(
         'console_scripts': [
             'ssvif-train = ssvif_train.cli:main',
             'ssvif-export = ssvif_train.export:main',
+            'ssvif-calibrate = ssvif_train.calibrate:main',
             'ssvif-eval = ssvif_ros.eval_cli:main',
             'ssvif-bench = ssvif_ros.bench_cli:main',
             'ssvif-fuse = ssvif_ros.fuse_cli:main',

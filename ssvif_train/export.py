@@ -97,6 +97,9 @@ def model_card(graph, info: dict, onnx_path: str, opset: int, seg_upsample: str,
         outputs['logits'] = {'shape': ['N', n, 'h', 'w'], 'dtype': 'float32'}
     import onnx
     import torch
+    extra = {}
+    if graph.class_bias is not None:  # ssvif-calibrate's offsets, already inside the ONNX graph
+        extra['class_bias'] = [float(b) for b in graph.class_bias]
     return {
         'format': CARD_FORMAT,
         'onnx': os.path.basename(onnx_path),
@@ -111,6 +114,7 @@ def model_card(graph, info: dict, onnx_path: str, opset: int, seg_upsample: str,
         'classes': 'msrs' if semantic else 'clusters',
         'class_names': names,
         'palette': pal.tolist(),
+        **extra,
         'normalization': {
             'visible': 'RGB, uint8 / 255 (uint16 / 65535), mono repeated to 3 channels',
             'thermal': {'method': data.get('thermal_norm', 'auto'),

@@ -37,6 +37,24 @@ from ssvif_train.tensor_imaging import (pad_to_multiple, rgb_to_gray, rgb_to_ycb
 SEG_UPSAMPLE = ('bilinear', 'nearest')
 
 
+def class_ids_from_logits(logits: torch.Tensor, size, seg_upsample: str,
+                          class_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """N x n x h x w head logits -> N x H x W uint8 class ids at ``size`` = (H, W).
+
+    ``class_bias`` (n,) is added to the logits first (a calibrated class prior,
+    :mod:`ssvif_train.calibrate`); ``seg_upsample`` is the deployed resolution rule (see
+    :mod:`ssvif_train.deploy`). The one definition of how the deployed graph and the calibration
+    turn logits into a class map.
+    """
+    if class_bias is not None:
+        logits = logits + class_bias.view(1, -1, 1, 1).to(logits)
+    if seg_upsample == 'bilinear':
+        up = tf.interpolate(logits, size=size, mode='bilinear', align_corners=False)
+        return up.argmax(1).to(torch.uint8)                             # N x H x W
+    low = logits.argmax(1, keepdim=True).float()                        # N x 1 x h x w
+    return tf.interpolate(low, size=size, mode='nearest')[:, 0].to(torch.uint8)
+
+
 class SSVIFNet(nn.Module):
     """F with optional H and S; see the module docstring."""
 
@@ -52,6 +70,9 @@ class SSVIFNet(nn.Module):
         # Deployed interface (for_export): None while training.
         self.seg_upsample: Optional[str] = None
         self.with_logits = False
+        # Per-class logit offsets of the deployed class map (ssvif-calibrate); None: no offset.
+        # Training never applies them: they are chosen after training, on held-out pairs.
+        self.class_bias: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -87,7 +108,14 @@ class SSVIFNet(nn.Module):
                 raise ValueError(f'checkpoint {path}: its segmentation head does not rebuild: '
                                  f'{first}') from None
         data = (ckpt.get('config') or {}).get('data') or {}
-        return cls(fusion, head, None, data.get('three_channel', True))
+        net = cls(fusion, head, None, data.get('three_channel', True))
+        bias = (ckpt.get('head') or {}).get('class_bias')
+        if bias is not None:
+            if head is None or len(bias) != head.num_classes:
+                raise ValueError(f'checkpoint {path}: class_bias has {len(bias)} values for '
+                                 f'{net.num_classes} classes')
+            net.class_bias = torch.tensor([float(b) for b in bias])
+        return net
 
     def records(self, classes: str) -> dict:
         """The checkpoint entries ``fusion``, ``head`` and ``seg`` (None when absent).
@@ -99,6 +127,8 @@ class SSVIFNet(nn.Module):
             head = {'in_channels': self.head.in_channels, 'num_classes': self.head.num_classes,
                     'hidden': self.head.hidden, 'padding_mode': self.head.padding_mode,
                     'classes': classes, 'state_dict': self.head.state_dict()}
+            if self.class_bias is not None:
+                head['class_bias'] = [float(b) for b in self.class_bias]
         if self.seg is not None:
             seg = {'preset': self.seg.preset, 'num_classes': self.seg.num_classes,
                    'state_dict': self.seg.state_dict()}
@@ -183,12 +213,9 @@ class SSVIFNet(nn.Module):
             logits = torch.zeros_like(vis[:, :1])                       # N x 1 x H x W
         else:
             logits = self.head(feats)                                   # N x n x h x w
-            if self.seg_upsample == 'bilinear':
-                up = tf.interpolate(logits, size=size, mode='bilinear', align_corners=False)
-                ids = up.argmax(1).to(torch.uint8)                      # N x H x W
-            else:
-                low = logits.argmax(1, keepdim=True).float()            # N x 1 x h x w
-                ids = tf.interpolate(low, size=size, mode='nearest')[:, 0].to(torch.uint8)
+            if self.class_bias is not None:
+                logits = logits + self.class_bias.view(1, -1, 1, 1).to(logits)
+            ids = class_ids_from_logits(logits, size, self.seg_upsample)  # N x H x W
         if self.with_logits:
             return fused, ids, logits
         return fused, ids

@@ -35,22 +35,6 @@ def read_csv(path):
 
 
 @pytest.fixture
-def msrs_boxes(tmp_path, msrs_dir):
-    """Factory: MSRS-layout folder (vi, ir, boxes) linking the first n real train pairs."""
-    def make(n=8, name='msrs_boxes', split='train'):
-        root = tmp_path / name
-        for sub in ('vi', 'ir', 'boxes'):
-            (root / sub).mkdir(parents=True)
-        for vi, ir in list_pairs(msrs_dir / split)[:n]:
-            box = f'{vi.stem}.txt'
-            for src, dst in ((vi, root / 'vi' / vi.name), (ir, root / 'ir' / ir.name),
-                             (msrs_dir / split / 'boxes' / box, root / 'boxes' / box)):
-                os.symlink(src, dst)
-        return root
-    return make
-
-
-@pytest.fixture
 def roadscene_dir():
     """The RoadScene pairs (unlabelled, sizes vary), or skip."""
     return need(DATA / 'roadscene', 'RoadScene data')
