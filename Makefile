@@ -43,7 +43,8 @@ clean:
 # SSVIF with semantic classes on the MSRS train pairs with boxes plus unlabelled RoadScene pairs
 # (rtfusion_semantic.yaml), fine-tuned from that run with box cores of 0.8 and weighted bikes
 # (rtfusion_semantic_finetune.yaml), then on whole-height MSRS frames without vertical flips and
-# with CSC off (rtfusion_semantic_frames.yaml), exported into ssvif_ros/models/default, then
+# with CSC off (rtfusion_semantic_frames.yaml), class offsets calibrated on that run's validation
+# split (ssvif-calibrate), exported into ssvif_ros/models/default, then
 # scored on the MSRS validation pairs beside the model it replaces, the thermal rule and the
 # max-luma rule, and timed beside the previous one.
 MSRS ?= ../shared/data/msrs
@@ -63,7 +64,9 @@ default-model: $(STAMP)
 	$(VENV)/bin/ssvif-train config/train/rtfusion_semantic_frames.yaml --data $(MSRS)/train \
 	  --out $(RUNS)/frames --overwrite --set train.progress=false \
 	  --set train.init=$(RUNS)/finetune-model/model.pt && \
-	$(VENV)/bin/ssvif-export $(RUNS)/frames/best.pt --out ssvif_ros/models/default \
+	$(VENV)/bin/ssvif-calibrate $(RUNS)/frames/best.pt --data $(MSRS)/train \
+	  --seg-upsample nearest --out $(RUNS)/frames/best-calibrated.pt && \
+	$(VENV)/bin/ssvif-export $(RUNS)/frames/best-calibrated.pt --out ssvif_ros/models/default \
 	  --copy-checkpoint --seg-upsample nearest && \
 	$(PY) bench/model_quality.py --model new=ssvif_ros/models/default \
 	  --model previous=$(RUNS)/previous --data $(MSRS) --json $(RUNS)/quality.json && \

@@ -180,7 +180,8 @@ def calibrate(checkpoint: str, data: str, split: str = 'holdout', boxes: str = '
             'min_gain': float(min_gain), 'plateau': float(plateau),
             'min_boxes': int(min_boxes), 'bias': choice['bias'], 'table': choice['table'],
             'box_f1_before': before.result()['box_f1'], 'box_f1_after': after.result()['box_f1'],
-            'classes_after': {k: v['f1'] for k, v in after.result()['classes'].items()}}
+            'classes_after': {k: v['f1'] for k, v in after.result()['classes'].items()},
+            'class_boxes': {k: v['boxes'] for k, v in after.result()['classes'].items()}}
 
 
 def write_calibrated(checkpoint: str, record: Dict, out: str) -> None:
@@ -241,7 +242,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'{PROG}: error: cannot write {exc.filename or out}: {exc.strerror or exc}',
               file=sys.stderr)
         return 2
-    print(f'{PROG}: {rec["pairs"]} {args.split} pairs, {rec["boxes"]} boxes; class F1 by offset:')
+    counts = ', '.join(f'{n} {c}' for n, c in rec['class_boxes'].items())
+    print(f'{PROG}: {rec["pairs"]} {args.split} pairs, {rec["boxes"]} boxes ({counts}); '
+          'class F1 by offset:')
     for name, row in rec['table'].items():
         cells = ', '.join(f'{g} {f:.3f}' for g, f in row.items())
         print(f'  {name}: {cells}')
