@@ -92,9 +92,8 @@ def choose_bias(ids_of, boxes: Sequence, num_classes: int,
 
 def _pairs(cfg, data: str, split: str, boxes: str):
     """The labelled pairs to calibrate on, as a non-augmenting PairDataset."""
-    from ssvif_train.data import label_spec, PairDataset
+    from ssvif_train.data import label_spec, PairDataset, thermal_norm
     from ssvif_train.discovery import check_pairs, discover_pairs, split_pairs
-    from ssvif_ros import imaging
     d = cfg.data
     rep = discover_pairs(data, d.layout, d.split, boxes=boxes)
     check_pairs(rep.pairs, d.resize)
@@ -109,9 +108,7 @@ def _pairs(cfg, data: str, split: str, boxes: str):
     if spec is None:
         raise CalibrationError('the checkpoint has no semantic head (model.classes must be '
                                'msrs)')
-    norm = imaging.ThermalNorm(d.thermal_norm, d.thermal_lo, d.thermal_hi, d.thermal_p_lo,
-                               d.thermal_p_hi)
-    ds = PairDataset(pairs, 0, False, d.seed, d.resize, norm, False, spec)
+    ds = PairDataset(pairs, 0, False, d.seed, d.resize, thermal_norm(cfg), False, spec)
     if not any(ds.view_boxes(i) for i in range(len(ds))):
         raise CalibrationError(f'{data}: none of the {len(ds)} {split} pairs has a box file '
                                'with objects')

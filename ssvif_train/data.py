@@ -250,6 +250,13 @@ def label_spec(cfg) -> Optional[LabelSpec]:
                      d.box_core, d.box_z_hot)
 
 
+def thermal_norm(cfg) -> imaging.ThermalNorm:
+    """The thermal normalization of ``cfg.data`` (training, validation and calibration)."""
+    d = cfg.data
+    return imaging.ThermalNorm(d.thermal_norm, d.thermal_lo, d.thermal_hi, d.thermal_p_lo,
+                               d.thermal_p_hi)
+
+
 def build_datasets(cfg) -> Tuple[PairDataset, PairDataset, DiscoveryReport]:
     """Discover, check and split pairs per ``cfg.data``; return (train, val, report).
 
@@ -260,8 +267,7 @@ def build_datasets(cfg) -> Tuple[PairDataset, PairDataset, DiscoveryReport]:
     rep = discover_pairs(d.root, d.layout, d.split, d.vi, d.ir, d.max_pairs, d.boxes)
     check_pairs(rep.pairs, d.resize)
     train_pairs, val_pairs = split_pairs(rep.pairs, d.val_fraction, d.seed)
-    norm = imaging.ThermalNorm(d.thermal_norm, d.thermal_lo, d.thermal_hi, d.thermal_p_lo,
-                               d.thermal_p_hi)
+    norm = thermal_norm(cfg)
     spec = label_spec(cfg)
     train = PairDataset(train_pairs, d.crop, True, d.seed, d.resize, norm, d.cache, spec,
                         d.object_crop, d.vflip)
