@@ -103,6 +103,7 @@ class TrainConfig:
     lr: float = 1e-4
     lr_schedule: str = 'constant'  # constant | cosine (to 0 over train.epochs, per epoch)
     init: str = ''                # checkpoint whose weights start the run (fine-tuning)
+    ema: float = 0.0              # EMA decay of the weights per step (0 = off); see trainer
     patience: int = 10            # early stopping on the monitored value (0 = off)
     monitor: str = 'auto'         # stage II selection: auto | fusion | box_f1 | miou
     csc_ramp_epochs: int = 0      # semantic: L_seg = L_sup + ramp * L_csc over this many epochs
@@ -246,6 +247,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError('data.box_margin must be >= 0 and data.box_core in [0, 1]')
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError(f'data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}')
+    if not 0.0 <= cfg.train.ema < 1.0:
+        raise ConfigError(f'train.ema must be in [0, 1), got {cfg.train.ema}')
     if cfg.train.lr <= 0:
         raise ConfigError(f'train.lr must be > 0, got {cfg.train.lr}')
     if cfg.weighting.temperature <= 0:

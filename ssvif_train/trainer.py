@@ -103,6 +103,13 @@ class Trainer:
             if cfg.train.lr_schedule == 'cosine' else None)
         if cfg.train.init and ckpt is None:
             self._init_weights(cfg.train.init)
+        # Weight EMA (train.ema): validation, best.pt and the model entries of last.pt hold the
+        # averaged weights; last.pt keeps the raw ones too (train_weights) for --resume.
+        self.ema = None
+        if cfg.train.ema > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema),
+                                     use_buffers=True)
         self.weighting = create_weighting(cfg.weighting)
         # Mixed precision: fp16 autocast + GradScaler on CUDA; bf16 on CPU only on request.
         self.use_amp = (cfg.train.amp and self.device.type == 'cuda') or \
@@ -161,7 +168,14 @@ class Trainer:
                  f' ({" and ".join(fresh)} start from random weights)' if fresh else '')
 
     def _restore(self, ckpt: dict):
-        self.net.load_records(ckpt)
+        if self.ema is not None:
+            if not ckpt.get('train_weights'):
+                raise KeyError('train_weights (the run was saved without train.ema)')
+            self.net.load_records(ckpt['train_weights'])
+            self.ema.module.load_records(ckpt)
+            self.ema.n_averaged.fill_(int(ckpt['ema_steps']))
+        else:
+            self.net.load_records(ckpt)
         self.optimizer.load_state_dict(ckpt['optimizer'])
         if self.lr_schedule is not None and ckpt.get('lr_schedule'):
             self.lr_schedule.load_state_dict(ckpt['lr_schedule'])
@@ -291,8 +305,12 @@ class Trainer:
     # ------------------------------------------------------------------ epochs
     def validate(self) -> Dict[str, float]:
         """Validation scores of the current model (:func:`ssvif_train.validation.validate`)."""
-        return validate(self.net, self.loader(self.val_ds, train=False), self.val_ds, self.cfg,
-                        self.lambdas, self.semantic, self.device, self.fusion_loss)
+        return validate(self.deployed_net(), self.loader(self.val_ds, train=False), self.val_ds,
+                        self.cfg, self.lambdas, self.semantic, self.device, self.fusion_loss)
+
+    def deployed_net(self) -> SSVIFNet:
+        """The net that validation scores and checkpoints deploy (EMA weights with train.ema)."""
+        return self.ema.module if self.ema is not None else self.net
 
     def run(self) -> Dict:
         """Train until ``train.epochs``, early stopping or the end; return the final summary."""
@@ -331,6 +349,8 @@ class Trainer:
             if i >= steps:
                 break
             row = self.train_step(vis, ir, label if self.semantic else None)
+            if self.ema is not None:
+                self.ema.update_parameters(self.net)
             sch.global_step += 1
             n += 1
             for k, v in row.items():
@@ -393,7 +413,10 @@ class Trainer:
         """Everything needed to rebuild the models and continue exactly."""
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         ckpt = {'format': CHECKPOINT_FORMAT}
-        ckpt.update(self.net.records(self.cfg.model.classes))
+        ckpt.update(self.deployed_net().records(self.cfg.model.classes))
+        if self.ema is not None:
+            ckpt['train_weights'] = self.net.records(self.cfg.model.classes)
+            ckpt['ema_steps'] = int(self.ema.n_averaged)
         ckpt.update({
             'config': self.cfg.to_dict(),
             'config_digest': self.cfg.digest(),

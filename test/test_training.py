@@ -237,3 +237,38 @@ def test_init_that_does_not_fit_is_a_one_line_error(msrs_subset, tmp_path, capsy
                               f'train.init={tmp_path / "junk.pt"}'])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and 'junk.pt' in err[0]
+
+
+def test_weight_ema_is_validated_saved_and_resumed_exactly(msrs_subset, tmp_path):
+    data = msrs_subset(6)
+    common = tiny_args(data, 'train.two_stage=false', 'train.ema=0.9')
+    assert train_main(common + ['--out', str(tmp_path / 'a'), '--set', 'train.epochs=2']) == 0
+    assert train_main(common + ['--out', str(tmp_path / 'b'), '--set', 'train.epochs=1']) == 0
+    assert train_main(common + ['--out', str(tmp_path / 'b'), '--resume',
+                                '--set', 'train.epochs=2']) == 0
+    a = torch.load(tmp_path / 'a' / 'last.pt', weights_only=True)
+    b = torch.load(tmp_path / 'b' / 'last.pt', weights_only=True)
+    assert a['ema_steps'] == b['ema_steps'] == 4   # 2 epochs x 2 steps
+    for ck in (a, b):
+        assert set(ck['train_weights']) >= {'fusion', 'head', 'seg'}
+    for part in ('fusion', 'head', 'seg'):
+        for src in (lambda c: c[part], lambda c: c['train_weights'][part]):
+            sa, sb = src(a)['state_dict'], src(b)['state_dict']
+            assert all(torch.equal(sa[k], sb[k]) for k in sa), part
+    # The model entries (what best.pt deploys and validation scores) are the average, not the
+    # last step's weights.
+    ema, raw = a['fusion']['state_dict'], a['train_weights']['fusion']['state_dict']
+    assert any(not torch.allclose(ema[k], raw[k]) for k in ema if ema[k].is_floating_point())
+    # Validation scored the averaged weights: rebuilt from last.pt, they give the logged value.
+    cfg = load_config(str(tmp_path / 'a' / 'config.json'))
+    cfg.train.init = str(tmp_path / 'a' / 'last.pt')
+    val = Trainer(cfg, str(tmp_path / 'v')).validate()['val_fusion']
+    logged = float(read_csv(tmp_path / 'a' / 'epochs.csv')[-1]['val_fusion'])
+    assert abs(val - logged) < 1e-5 * max(1.0, abs(logged))
+    # Without train.ema there is no second copy; a resume that turns it on is refused.
+    assert train_main(tiny_args(data, 'train.two_stage=false')
+                      + ['--out', str(tmp_path / 'c'), '--set', 'train.epochs=1']) == 0
+    assert 'train_weights' not in torch.load(tmp_path / 'c' / 'last.pt', weights_only=True)
+    assert train_main(tiny_args(data, 'train.two_stage=false')
+                      + ['--out', str(tmp_path / 'c'), '--resume', '--set', 'train.epochs=2',
+                         '--set', 'train.ema=0.9']) == 2
