@@ -134,6 +134,8 @@ def calibrate(checkpoint: str, data: str, split: str = 'holdout', boxes: str = '
         cfg = config_from_dict(ckpt.get('config') or {})
     except ConfigError as exc:
         raise CalibrationError(f'{checkpoint}: its configuration does not load: {exc}') from None
+    if isinstance(ckpt.get('head'), dict):  # calibrate the raw logits, not earlier offsets
+        ckpt['head'] = {k: v for k, v in ckpt['head'].items() if k != 'class_bias'}
     net = SSVIFNet.from_checkpoint(ckpt, checkpoint).eval()
     if net.head is None:
         raise CalibrationError(f'{checkpoint} has no segmentation head to calibrate')

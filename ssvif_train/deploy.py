@@ -11,8 +11,8 @@ the ONNX export, the torch backend and the benchmarks run:
 * ``class_ids``: N x H x W uint8, the arg-max of H's logits after bilinear upsampling of the
   logits to H x W (``seg_upsample='bilinear'``, the same resolution rule as the CSC loss) or
   arg-max at the feature resolution then nearest upsampling (``'nearest'``, cheaper); a
-  checkpoint calibrated by ``ssvif-calibrate`` adds its per-class offsets (``head.class_bias``)
-  to the logits first;
+  checkpoint calibrated by ``ssvif-calibrate`` adds its per-class offsets (``head.class_bias``,
+  folded into the bias of H's last conv) to the logits first;
 * ``logits`` (optional): N x n x h x w at the feature resolution (offsets included).
 
 A checkpoint trained without a head (no CSC, no labels) returns class id 0 everywhere.
