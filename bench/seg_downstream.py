@@ -57,6 +57,8 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ssvif_ros.progress import bar as progress_bar, on_terminal  # noqa: E402
+
 RULES = ('visible', 'thermal', 'maxluma')
 FUSION = {  # source -> (config, overrides) for --train-fusion-epochs
     'plain': ('seafusion_ssvif.yaml', ['train.csc=false']),
@@ -182,7 +184,7 @@ def train_fusion(name: str, args, threads: int) -> str:
     out = Path(args.work) / f'fusion_{name}'
     epochs = args.train_fusion_epochs
     sets = [f'train.epochs={epochs}', f'train.stage1_max_epochs={max(1, epochs // 2)}',
-            f'train.progress={"true" if _tty() else "false"}', 'train.val_metrics=[]',
+            f'train.progress={"true" if on_terminal() else "false"}', 'train.val_metrics=[]',
             f'train.threads={threads}', f'data.seed={args.seeds[0]}'] + extra
     if args.max_train:
         sets.append(f'data.max_pairs={args.max_train}')
@@ -337,15 +339,9 @@ def _no_nan(x):
     return x
 
 
-def _tty() -> bool:
-    return sys.stderr.isatty()
-
-
 def _bar(iterable, progress, desc, total=None):
-    if not progress:
-        return iterable
-    from tqdm import tqdm
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return progress_bar(iterable, total=total, desc=desc, quiet=not progress, leave=False,
+                        dynamic_ncols=True)
 
 
 def build_parser():
@@ -418,7 +414,7 @@ def main(argv=None) -> int:
         ckpts = _check(args)
         torch.set_num_threads(args.threads)
         data = Path(args.data)
-        progress = _tty()
+        progress = on_terminal()
         # Every fusion model first: a bad checkpoint stops the run before any training.
         models = {name: load_fusion_model(name, ckpts[name])
                   for name in args.sources if name in ckpts}

@@ -60,7 +60,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ssvif_ros import imaging
+from ssvif_ros import imaging, progress
 from ssvif_ros.bag_make import image_message, read_frames, typestore
 from ssvif_ros.bag_read import BagError, open_bag, read_messages, select_connections
 from ssvif_ros.bag_report import (build_report, fmt, jsonable, PROG, report_markdown, Scores,
@@ -236,7 +236,6 @@ class _StopOnSigint:
 def run_offline(args, cfg, model, out: Path, stems, scores_factory) -> Dict[str, Any]:
     """Pair, fuse and score the bag in this process; write the output bag ``out/fused``."""
     from rosbags.rosbag2 import StoragePlugin, Writer
-    from tqdm import tqdm
 
     from ssvif_ros.bag_make import METADATA_VERSION
     backend = load_backend(cfg, model)
@@ -252,8 +251,7 @@ def run_offline(args, cfg, model, out: Path, stems, scores_factory) -> Dict[str,
     scores = None
     paired, failed, n_pairs = [], {}, 0
     t_free = 0  # bag time at which the worker is done with the previous pair
-    bar = tqdm(desc=PROG, unit='pair', file=sys.stderr,
-               disable=args.quiet or not sys.stderr.isatty())
+    bar = progress.bar(desc=PROG, unit='pair', quiet=args.quiet)
     stop = _StopOnSigint()  # Ctrl-C ends the run after the pair in hand: bag and report agree
     try:
         for rgb_msg, th_msg, t_bag in inputs:
@@ -372,9 +370,8 @@ def run_live(args, cfg, model, out: Path, stems, scores_factory) -> Dict[str, An
     scores = None
     paired, n_pairs = [], 0
     t_first = min((o[0] for o in outputs.values()), default=0)
-    from tqdm import tqdm
-    bar = tqdm(total=len(outputs), desc=f'{PROG}: scoring', unit='frame', file=sys.stderr,
-               disable=args.quiet or not sys.stderr.isatty())
+    bar = progress.bar(total=len(outputs), desc=f'{PROG}: scoring', unit='frame',
+                       quiet=args.quiet)
     for rgb_msg, th_msg, _ in inputs:
         if scores is None:
             scores = scores_factory(backend, min(inputs.in_bag.values()))

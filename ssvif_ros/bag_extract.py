@@ -59,7 +59,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ssvif_ros import imaging
+from ssvif_ros import imaging, progress
 from ssvif_ros.bag_read import BagError, guarded, open_bag, read_messages, select_connections
 from ssvif_ros.frames import (check_frame, decode_thermal, decode_visible, FrameError, RGB,
                               stamp_ns, STREAM_NAMES, THERMAL)
@@ -279,9 +279,8 @@ def _run(args, reader) -> int:
     stopped = getattr(reader, 'stopped', None)
     if stopped is not None:
         ext.truncated = {'file': str(reader.path), 'byte': stopped[0], 'reason': stopped[1]}
-    from tqdm import tqdm
     total = sum(i.msgcount for i in infos) if lo is None and hi is None else None
-    bar = tqdm(total=total, desc=PROG, unit='msg', disable=args.quiet, file=sys.stderr)
+    bar = progress.bar(total=total, desc=PROG, unit='msg', quiet=args.quiet)
     code = 0
     try:
         for conn, t_bag, raw in read_messages(reader, conns, lo, hi, args.bag):

@@ -40,6 +40,7 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ssvif_ros import progress
 from ssvif_ros.bag_read import BagError, open_bag
 
 PLAY_PROG, RECORD_PROG = 'ssvif-bag play', 'ssvif-bag record'
@@ -156,7 +157,6 @@ def play(bag: str, rate: float = 1.0, loop: bool = False, topics: Sequence[str] 
     """
     import rclpy
     from rclpy.signals import SignalHandlerOptions
-    from tqdm import tqdm
 
     if not rate > 0:
         raise BagError(f'--rate must be > 0, got {rate}')
@@ -184,8 +184,8 @@ def play(bag: str, rate: float = 1.0, loop: bool = False, topics: Sequence[str] 
     stop = stop or threading.Event()
     published, rounds = 0, 0
     t0_bag = msgs[0][1]
-    bar = tqdm(total=None if loop else len(msgs), desc=PLAY_PROG, unit='msg', file=sys.stderr,
-               disable=quiet or not sys.stderr.isatty())
+    bar = progress.bar(total=None if loop else len(msgs), desc=PLAY_PROG, unit='msg',
+                       quiet=quiet)
     try:
         end = time.monotonic() + wait_subscribers
         while (time.monotonic() < end and not stop.is_set()

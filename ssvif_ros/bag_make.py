@@ -42,7 +42,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ssvif_ros import imaging
+from ssvif_ros import imaging, progress
 from ssvif_ros.bag_read import BagError, guarded
 from ssvif_ros.dataset_paths import list_pairs_in
 from ssvif_ros.tools.pair_publisher import rgb_as, thermal_as
@@ -128,7 +128,6 @@ def read_frames(bag) -> Optional[list]:
 def make_bag(args) -> dict:
     """Write the bag described by the parsed ``args``; return a summary dict."""
     from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
-    from tqdm import tqdm
 
     if not args.rate > 0:
         raise BagError(f'--rate must be > 0, got {args.rate}')
@@ -178,8 +177,7 @@ def make_bag(args) -> dict:
                       for t in (RGB_INFO_TOPIC, THERMAL_INFO_TOPIC)})
     rows = []
     written = {'rgb': 0, 'thermal': 0}
-    bar = tqdm(total=count, desc=PROG, unit='pair', file=sys.stderr,
-               disable=args.quiet or not sys.stderr.isatty())
+    bar = progress.bar(total=count, desc=PROG, unit='pair', quiet=args.quiet)
     frames_path = out / FRAMES_NAME
     try:
         for i in range(count):

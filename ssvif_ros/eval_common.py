@@ -13,6 +13,7 @@ from typing import Dict, Sequence
 import numpy as np
 
 from ssvif_ros import dataset_paths, imaging
+from ssvif_ros import progress as _progress
 
 
 class EvalError(Exception):
@@ -67,10 +68,8 @@ def json_value(v):
 
 
 def progress(total: int, quiet: bool):
-    """A tqdm bar on stderr (off with ``quiet`` or when stderr is not a terminal)."""
-    from tqdm import tqdm
-    return tqdm(total=total, desc='ssvif-eval', unit='img', disable=True if quiet else None,
-                file=sys.stderr)  # None: off when stderr is not a terminal
+    """The ``ssvif-eval`` progress bar (off with ``quiet`` or when stderr is not a terminal)."""
+    return _progress.bar(total=total, desc='ssvif-eval', unit='img', quiet=quiet)
 
 
 def class_ids(img: np.ndarray, path: Path) -> np.ndarray:

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from ssvif_ros import frames, imaging
+from ssvif_ros import frames, imaging, progress
 from ssvif_ros.node_params import defaults, FusionConfig, make_config, parse_assignments
 
 
@@ -96,11 +96,7 @@ def main(argv=None) -> int:
     pal = backend.palette
     failed = {}
     times = []
-    try:
-        from tqdm import tqdm
-        it = tqdm(pairs, desc='fusing', unit='pair')
-    except ImportError:
-        it = pairs
+    it = progress.bar(pairs, desc='fusing', unit='pair')
     for stem, vp, ip in it:
         try:
             vis, ir = frames.register_pair(imaging.read_image(vp, 'rgb'),

@@ -39,6 +39,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ssvif_ros import labels
+from ssvif_ros.progress import bar as progress_bar
 
 PROG = 'ssvif-calibrate'
 DEFAULT_GRID = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
@@ -142,10 +143,7 @@ def calibrate(checkpoint: str, data: str, split: str = 'holdout', boxes: str = '
     ds = _pairs(cfg, data, split, boxes)
     logits: List[torch.Tensor] = []
     sizes, box_lists = [], []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(ds), desc=PROG, unit='pair', file=sys.stderr)
+    bar = progress_bar(total=len(ds), desc=PROG, unit='pair', quiet=not progress)
     with torch.no_grad():
         for i in range(len(ds)):
             vis, ir, _ = ds[i]
@@ -156,10 +154,8 @@ def calibrate(checkpoint: str, data: str, split: str = 'holdout', boxes: str = '
             logits.append(net.head(feats))                               # 1 x n x h' x w'
             sizes.append((tuple(v.shape[-2:]), (h, w)))
             box_lists.append(ds.view_boxes(i) or [])
-            if bar is not None:
-                bar.update()
-    if bar is not None:
-        bar.close()
+            bar.update()
+    bar.close()
 
     def ids_of(k, bias):
         padded, (h, w) = sizes[k]
@@ -232,7 +228,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         rec = calibrate(args.checkpoint, args.data, args.split, args.boxes, args.seg_upsample,
                         args.grid, args.min_gain, args.plateau, args.min_boxes,
-                        progress=sys.stderr.isatty())
+                        progress=True)
         write_calibrated(args.checkpoint, rec, out)
     except (CalibrationError, DatasetError, FileNotFoundError, ValueError) as exc:
         print(f'{PROG}: error: {exc}', file=sys.stderr)

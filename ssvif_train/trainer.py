@@ -40,6 +40,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from ssvif_ros.progress import bar as progress_bar
 from ssvif_train import losses
 from ssvif_train.checkpoints import (CHECKPOINT_FORMAT, copy_atomic, first_line,
                                      prepare_run_dir, read_checkpoint, read_init_weights,
@@ -337,11 +338,9 @@ class Trainer:
         steps = len(loader)
         if cfg.train.steps_per_epoch > 0:
             steps = min(steps, cfg.train.steps_per_epoch)
-        bar = None
-        if cfg.train.progress and self.dist.rank == 0:
-            from tqdm import tqdm
-            bar = tqdm(total=steps, desc=f'epoch {sch.epoch + 1} stage {sch.stage}',
-                       leave=False, dynamic_ncols=True)
+        bar = progress_bar(total=steps, desc=f'epoch {sch.epoch + 1} stage {sch.stage}',
+                           quiet=not cfg.train.progress or self.dist.rank != 0, leave=False,
+                           dynamic_ncols=True)
         sums: Dict[str, float] = {}
         n = 0
         self.net.train()
@@ -361,11 +360,10 @@ class Trainer:
                         'stage': sch.stage, 'lr': self.optimizer.param_groups[0]['lr']}
                 full.update(row)
                 self.logs.step(sch.global_step, full)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f'{row["loss_total"]:.3f}', omega=f'{row["omega_csc"]:.3f}')
-        if bar is not None:
-            bar.close()
+            bar.update(1)
+            bar.set_postfix(loss=f'{row["loss_total"]:.3f}', omega=f'{row["omega_csc"]:.3f}',
+                            refresh=False)
+        bar.close()
         if n == 0:
             raise TrainingError('an epoch had no training step (dataset smaller than one batch?)')
         return {k: v / n for k, v in sums.items()}

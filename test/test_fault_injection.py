@@ -292,6 +292,43 @@ def test_a_card_with_other_class_names_and_palette_is_accepted(tmp_path, pairs_d
     assert res.returncode == 0, res.stderr[-2000:]
 
 
+def _stderr_on_a_terminal(cmd, timeout=120):
+    """Run ``cmd`` with stderr on a pseudo-terminal; return (exit code, what it wrote there)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    # A new pty is 0 columns wide, and tqdm cuts its bar to the width: make it 120 x 40.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack('HHHH', 40, 120, 0, 0))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(timeout=timeout), b''.join(chunks).decode('utf-8', 'replace')
+
+
+def test_progress_bars_show_on_a_terminal_only(tmp_path, pairs_dir):
+    # Scripts, CI and pipes get no bar frames in their logs; a person at a terminal sees one.
+    res = fuse(pairs_dir, tmp_path / 'piped')
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert 'fusing:' not in res.stderr and 'pair/s' not in res.stderr, res.stderr
+    code, err = _stderr_on_a_terminal(
+        [sys.executable, '-m', 'ssvif_ros.fuse_cli', '--vi', str(pairs_dir / 'vi'),
+         '--ir', str(pairs_dir / 'ir'), '--out', str(tmp_path / 'tty')])
+    assert code == 0, err[-2000:]
+    assert 'fusing:' in err and '2/2' in err, err
+
+
 def _onnx_with_wrong_input_names(path):
     import onnx
     from onnx import helper, TensorProto

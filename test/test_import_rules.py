@@ -59,7 +59,7 @@ PACKAGES = ('ssvif_ros', 'ssvif_train')
 CORE = ('ssvif_ros.imaging', 'ssvif_ros.metrics', 'ssvif_ros.fusion_metrics',
         'ssvif_ros.seg_metrics', 'ssvif_ros.labels', 'ssvif_ros.pairing', 'ssvif_ros.frames',
         'ssvif_ros.model_card', 'ssvif_ros.dataset_paths', 'ssvif_ros.synthetic',
-        'ssvif_ros.contact_sheets')
+        'ssvif_ros.contact_sheets', 'ssvif_ros.progress')
 TORCH_ALLOWED = ('ssvif_train', 'ssvif_ros.backends.torch_backend')
 ROS_PACKAGES = ('rclpy', 'rclpy_lifecycle', 'launch', 'launch_ros', 'launch_testing', 'rosbag2_py',
                 'sensor_msgs', 'std_msgs', 'diagnostic_msgs', 'lifecycle_msgs',
