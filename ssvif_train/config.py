@@ -119,7 +119,7 @@ class TrainConfig:
     val_metrics: List[str] = field(  # ssvif_ros.metrics names, grey CDDFuse convention
         default_factory=lambda: ['EN', 'MI', 'VIF', 'Qabf', 'SSIM', 'DeltaE'])
     val_metric_images: int = 4    # validation pairs scored with val_metrics per epoch
-    progress: bool = True         # tqdm progress bar
+    progress: bool = True         # tqdm progress bar (drawn on a terminal only)
 
 
 @dataclass
