@@ -39,7 +39,7 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
-# Reproduce the embedded default model (CPU, about two hours on 2 cores; doc/deployment.md):
+# Reproduce the embedded default model (CPU, about two and a half hours on 2 cores; doc/deployment.md):
 # SSVIF with semantic classes on the MSRS train pairs with boxes plus unlabelled RoadScene pairs
 # (rtfusion_semantic.yaml), fine-tuned from that run with box cores of 0.8 and weighted bikes
 # (rtfusion_semantic_finetune.yaml), then on whole-height MSRS frames without vertical flips and
