@@ -37,6 +37,7 @@ import numpy as np
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 import rclpy
+from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -57,6 +58,8 @@ WARN_THROTTLE_SEC = 5.0
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 # How long deactivate/cleanup wait for the pair being fused.
 DRAIN_TIMEOUT_S = 1.5
+# How long a dying node waits for reliable subscribers to acknowledge its last diagnostics.
+LAST_DIAG_ACK_S = 1.0
 
 
 class WorkerDied(RuntimeError):
@@ -346,6 +349,10 @@ class FusionNode(LifecycleNode):
         arr.header.stamp = self.get_clock().now().to_msg()
         self._pubs['diag'].publish(arr)
         if dead:
+            # The ERROR status is the operator's only record of why the node went away: let
+            # reliable subscribers acknowledge it before the process exits (a write still
+            # queued in DDS at exit is lost).
+            self._pubs['diag'].wait_for_all_acked(Duration(seconds=LAST_DIAG_ACK_S))
             # Leave spin with an error: the process exits 1 and a supervisor (launch respawn,
             # systemd) restarts it, instead of a node that answers but never fuses again.
             raise WorkerDied(message)

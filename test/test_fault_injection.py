@@ -519,7 +519,8 @@ class Feeder(SpinningNode):
         self.fused, self.diag = [], []
         rel = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.node.create_subscription(Image, 'fused/image', self.fused.append, rel)
-        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 50)
+        self.sub_diag = self.node.create_subscription(DiagnosticArray, '/diagnostics',
+                                                      self._on_diag, 50)
         self.pub_rgb = self.node.create_publisher(Image, 'rgb/image_raw', 10)
         self.pub_th = self.node.create_publisher(Image, 'thermal/image_raw', 10)
 
@@ -529,9 +530,12 @@ class Feeder(SpinningNode):
                 self.diag.append((st.level, st.message, {kv.key: kv.value for kv in st.values}))
 
     def wait_connected(self, timeout=20.0):
+        # Images both ways and the node's /diagnostics writer matched: a status sent before
+        # the match never arrives.
         if wait_until(lambda: self.pub_rgb.get_subscription_count()
                       and self.pub_th.get_subscription_count()
-                      and self.node.count_publishers('/fused/image'), timeout):
+                      and self.node.count_publishers('/fused/image')
+                      and self.sub_diag.get_publisher_count(), timeout):
             time.sleep(0.5)
             return True
         return False
