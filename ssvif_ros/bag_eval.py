@@ -61,6 +61,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ssvif_ros import imaging, progress
+from ssvif_ros.backends.base import OutputError
 from ssvif_ros.bag_make import image_message, read_frames, typestore
 from ssvif_ros.bag_read import BagError, open_bag, read_messages, select_connections
 from ssvif_ros.bag_report import (build_report, fmt, jsonable, PROG, report_markdown, Scores,
@@ -268,7 +269,11 @@ def run_offline(args, cfg, model, out: Path, stems, scores_factory) -> Dict[str,
             except FrameError as exc:
                 failed[(RGB, stamp)] = exc.reason
                 continue
-            fused, ids = backend.infer(vis, ir)  # H x W x 3 float32, H x W uint8
+            try:
+                fused, ids = backend.infer(vis, ir)  # H x W x 3 float32, H x W uint8
+            except OutputError:  # NaN or class ids beyond the card: dropped as the node does
+                failed[(RGB, stamp)] = 'bad_output'
+                continue
             fused8 = imaging.to_uint8(fused)
             ids = np.ascontiguousarray(ids, np.uint8)
             proc_ns = int((time.perf_counter() - t0) * 1e9)

@@ -8,11 +8,17 @@ one error of the bag tools: one line naming the thing at fault, exit status 2 (:
 """
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from ssvif_ros.frames import ALLOWED_TYPES, COMPRESSED_TYPE, RGB, STREAM_NAMES, THERMAL
+
+
+# Errors of writing output: said as "cannot write <path>" by guarded().
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
+                 errno.EPERM)
 
 
 class BagError(Exception):
@@ -23,12 +29,20 @@ def guarded(prog: str, run, *args) -> int:
     """Run ``run(*args)`` as a command and return its exit status.
 
     BagError is printed as ``<prog>: error: ...`` with status
-    2, Ctrl-C as ``<prog>: interrupted`` with 130.
+    2, Ctrl-C as ``<prog>: interrupted`` with 130. An OSError left over (a full disk, a
+    read-only or unwritable output) is one line naming the file, or the command's ``--out``
+    when the library that wrote gave no file name, with status 2.
     """
     try:
         return run(*args)
     except BagError as exc:
         print(f'{prog}: error: {exc}', file=sys.stderr)
+        return 2
+    except OSError as exc:
+        outs = [a.out for a in args if getattr(a, 'out', None)]
+        where = exc.filename or (outs[0] if outs else '(unknown file)')
+        verb = 'cannot write' if exc.errno in _WRITE_ERRNOS else 'cannot use'
+        print(f'{prog}: error: {verb} {where}: {exc.strerror or exc}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f'{prog}: interrupted', file=sys.stderr)

@@ -81,18 +81,18 @@ def main(argv=None) -> int:
     except (ValueError, BackendError) as exc:
         print(f'ssvif-fuse: error: {exc}', file=sys.stderr)
         return 2
-    try:
-        for sub in ('fused',) if args.no_seg else ('fused', 'segmentation', 'segmentation_color'):
-            os.makedirs(os.path.join(args.out, sub), exist_ok=True)
-    except OSError as exc:
-        print(f'ssvif-fuse: error: cannot create output folder {args.out}: '
-              f'{exc.strerror or exc}', file=sys.stderr)
+    # An existing file as --out is refused before any work; folders are made for the first
+    # output, so a run that writes nothing leaves no empty folders behind.
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        print(f'ssvif-fuse: error: cannot create output folder {args.out}: it is an existing '
+              'file', file=sys.stderr)
         return 2
     pairs, vi_only, ir_only = _pairs(args.vi, args.ir)
     if not pairs:
         print(f'ssvif-fuse: error: no pairs with matching names in {args.vi} and {args.ir}',
               file=sys.stderr)
         return 2
+    subs = ('fused',) if args.no_seg else ('fused', 'segmentation', 'segmentation_color')
     pal = backend.palette
     failed = {}
     times = []
@@ -107,6 +107,13 @@ def main(argv=None) -> int:
         except (OSError, ValueError) as exc:  # frames.FrameError is a ValueError
             failed[stem] = str(exc)
             continue
+        try:
+            for sub in subs:
+                os.makedirs(os.path.join(args.out, sub), exist_ok=True)
+        except OSError as exc:
+            print(f'ssvif-fuse: error: cannot create output folder {args.out}: '
+                  f'{exc.strerror or exc}', file=sys.stderr)
+            return 2
         try:
             fused8 = imaging.to_uint8(fused)  # H x W x 3 uint8
             imaging.write_image(os.path.join(args.out, 'fused', f'{stem}.png'), fused8)
@@ -124,9 +131,14 @@ def main(argv=None) -> int:
               'written': len(pairs) - len(failed), 'failed': failed,
               'visible_without_thermal': vi_only, 'thermal_without_visible': ir_only,
               'median_infer_ms': 1000 * sorted(times)[len(times) // 2] if times else None}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, 'report.json'), 'w', encoding='utf-8') as f:
-        json.dump(report, f, indent=2)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, 'report.json'), 'w', encoding='utf-8') as f:
+            json.dump(report, f, indent=2)
+    except OSError as exc:
+        print(f'ssvif-fuse: error: cannot write {os.path.join(args.out, "report.json")}: '
+              f'{exc.strerror or exc}', file=sys.stderr)
+        return 2
     print(f'ssvif-fuse: {report["written"]}/{len(pairs)} pairs fused with {backend.describe()} '
           f'into {args.out}')
     for what, items in (('visible without thermal', vi_only),

@@ -5,6 +5,7 @@ with an optional ``model.json`` beside it. ROS-free and torch-free; the backends
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Dict, Optional, Tuple
@@ -38,7 +39,57 @@ def locate(model: Optional[str], kind: str) -> Tuple[str, Dict]:
         card = read(card_path) if os.path.isfile(card_path) else {}
     if not os.path.isfile(path):
         raise FileNotFoundError(f'model file not found: {path}')
+    if card and kind in ('onnx', 'engine'):  # the engine is built from this ONNX file
+        check_onnx(path, card, card_path)
     return path, card
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def onnx_class_count(path: str) -> Optional[int]:
+    """Classes the ONNX graph's class ids come from: the channels its ArgMax reduces.
+
+    None when the python ``onnx`` package is absent, the graph cannot be read or inferred, or
+    no ArgMax has a static channel count (ONNX Runtime then reports a broken file itself).
+    """
+    try:
+        import onnx
+        graph = onnx.shape_inference.infer_shapes(onnx.load(path)).graph
+    except Exception:  # noqa: BLE001 - ImportError, or a file ONNX Runtime will refuse
+        return None
+    shapes = {v.name: v.type.tensor_type.shape for v in
+              list(graph.value_info) + list(graph.input) + list(graph.output)}
+    counts = set()
+    for node in graph.node:
+        if node.op_type != 'ArgMax' or node.input[0] not in shapes:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == 'axis'), 0)
+        dims = shapes[node.input[0]].dim
+        if -len(dims) <= axis < len(dims) and dims[axis].HasField('dim_value'):
+            counts.add(int(dims[axis].dim_value))
+    return counts.pop() if len(counts) == 1 else None
+
+
+def check_onnx(path: str, card: Dict, card_path: str) -> None:
+    """The card belongs to this ONNX file: same SHA-256, same class count; ValueError if not."""
+    want = card.get('onnx_sha256')
+    if want:
+        have = file_sha256(path)
+        if have != want:
+            raise ValueError(f'{path} does not match its model card {card_path}: onnx_sha256 '
+                             f'is {want[:16]}..., the file hashes to {have[:16]}... (a changed '
+                             'or replaced file: export it again)')
+    n = onnx_class_count(path)
+    if n is not None and n != card.get('num_classes', 1):
+        raise ValueError(f'model card {card_path} says num_classes {card.get("num_classes", 1)}'
+                         f', but {path} emits {n} classes (its ArgMax takes {n} channels)')
 
 
 def read(path: str) -> Dict:

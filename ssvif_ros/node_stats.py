@@ -17,7 +17,8 @@ RGB, THERMAL = 0, 1
 # and processing = decode + inference + publish.
 STAGES = ('queue', 'decode', 'inference', 'publish', 'processing')
 # Drop counters that mean a pair failed inside the node (not bad input): /diagnostics ERROR.
-ERROR_DROPS = ('inference_error', 'worker_error', 'publish_error')
+# bad_output: the model returned NaN/Inf or class ids beyond its card (backends.base).
+ERROR_DROPS = ('inference_error', 'worker_error', 'publish_error', 'bad_output')
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
 
 

@@ -13,6 +13,7 @@ import time
 from typing import Callable, Optional
 
 from ssvif_ros import frames
+from ssvif_ros.backends.base import OutputError
 from ssvif_ros.node_stats import NodeStats
 
 
@@ -131,6 +132,9 @@ class FusionWorker:
         t1 = time.perf_counter()
         try:
             fused, ids = backend.infer(vis, ir)  # H x W x 3 float32, H x W uint8
+        except OutputError as exc:  # NaN or class ids beyond the card: never published
+            self._fail('bad_output', exc)
+            return
         except Exception as exc:  # noqa: BLE001 - keep running, count and report
             self._fail('inference_error', exc)
             return

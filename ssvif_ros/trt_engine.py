@@ -13,12 +13,13 @@ the runner holds its device buffers and stream through cuda-python's runtime API
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from typing import Optional, Tuple
 
 import numpy as np
+
+from ssvif_ros import model_card
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -76,11 +77,7 @@ def check_available():
 
 def onnx_sha256(path: str) -> str:
     """Hex SHA-256 of the ONNX file."""
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
+    return model_card.file_sha256(path)
 
 
 def engine_path(onnx_path: str, fp16: bool) -> str:

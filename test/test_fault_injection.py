@@ -345,11 +345,138 @@ def _onnx_with_wrong_input_names(path):
     onnx.save(model, path)
 
 
+def sign_card(model):
+    """Write the SHA-256 of ``model``/model.onnx into its card, as ssvif-export does."""
+    import json
+    from ssvif_ros.model_card import file_sha256
+    card = json.loads((model / 'model.json').read_text())
+    card['onnx_sha256'] = file_sha256(model / 'model.onnx')
+    (model / 'model.json').write_text(json.dumps(card))
+
+
 def test_an_onnx_model_with_wrong_inputs_is_a_start_up_error(tmp_path, pairs_dir):
     model = model_copy(tmp_path)
     _onnx_with_wrong_input_names(model / 'model.onnx')
+    sign_card(model)
     res = fuse(pairs_dir, tmp_path / 'out', '--model', model)
     assert_one_line_error(res, 2, 'model.onnx', "no input named 'vis'")
+
+
+# Pixels of the warm-up pair (backends.base.WARM_UP_HW, pad_multiple 1): the bad models below
+# are well-behaved up to this size, so they pass warm-up and go wrong on real frames.
+WARM_UP_PIXELS = 37 * 53
+
+
+def _onnx_going_bad_on_big_frames(path, fault):
+    """A valid graph (vis, ir -> fused, class_ids) that is fine on the warm-up pair only.
+
+    On frames larger than the warm-up pair, fault 'nan' puts NaN into the whole fused image,
+    fault 'class' makes every class id 9 (beyond the default card's classes).
+    """
+    import onnx
+    from onnx import helper, TensorProto
+    x = helper.make_tensor_value_info
+    f32 = TensorProto.FLOAT
+    inputs = [x(n, f32, ['N', 3, 'H', 'W']) for n in ('vis', 'ir')]
+    outputs = [x('fused', f32, ['N', 3, 'H', 'W']),
+               x('class_ids', TensorProto.UINT8, ['N', 'H', 'W'])]
+
+    def const(name, value, dtype=f32):
+        return helper.make_node('Constant', [], [name], value=helper.make_tensor(
+            name, dtype, [], [value]))
+    nodes = [
+        # excess = H * W - warm-up pixels - 0.5: negative in warm-up, positive on real frames
+        helper.make_node('Shape', ['vis'], ['shape']),
+        helper.make_node('Constant', [], ['two'], value=helper.make_tensor(
+            'two', TensorProto.INT64, [1], [2])),
+        helper.make_node('Constant', [], ['four'], value=helper.make_tensor(
+            'four', TensorProto.INT64, [1], [4])),
+        helper.make_node('Slice', ['shape', 'two', 'four'], ['hw_dims']),
+        helper.make_node('ReduceProd', ['hw_dims'], ['hw']),
+        helper.make_node('Cast', ['hw'], ['hw_f'], to=f32),
+        const('limit', WARM_UP_PIXELS + 0.5),
+        helper.make_node('Sub', ['hw_f', 'limit'], ['excess']),
+        helper.make_node('Max', ['vis', 'ir'], ['fused_ok']),
+        helper.make_node('ReduceMax', ['ir'], ['plane'], axes=[1], keepdims=0),
+        const('zero', 0.0),
+        helper.make_node('Mul', ['plane', 'zero'], ['zeros']),  # N x H x W of 0
+    ]
+    if fault == 'nan':
+        # sqrt(-excess) * 0: 0 in warm-up, NaN (sqrt of a negative number) on real frames
+        nodes += [helper.make_node('Neg', ['excess'], ['room']),
+                  helper.make_node('Sqrt', ['room'], ['root']),
+                  helper.make_node('Mul', ['root', 'zero'], ['poison']),
+                  helper.make_node('Add', ['fused_ok', 'poison'], ['fused']),
+                  helper.make_node('Cast', ['zeros'], ['class_ids'], to=TensorProto.UINT8)]
+    else:
+        # min(relu(excess), 1) * 9: class 0 in warm-up, class 9 on real frames
+        nodes += [const('one', 1.0), const('nine', 9.0),
+                  helper.make_node('Relu', ['excess'], ['pos']),
+                  helper.make_node('Min', ['pos', 'one'], ['step']),
+                  helper.make_node('Mul', ['step', 'nine'], ['cid']),
+                  helper.make_node('Add', ['zeros', 'cid'], ['ids_f']),
+                  helper.make_node('Identity', ['fused_ok'], ['fused']),
+                  helper.make_node('Cast', ['ids_f'], ['class_ids'], to=TensorProto.UINT8)]
+    graph = helper.make_graph(nodes, f'bad_{fault}', inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 13)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def bad_output_model(tmp_path, fault):
+    """The default model's folder with the ONNX file replaced by a bad one (card re-signed)."""
+    model = model_copy(tmp_path, pad_multiple=1)
+    _onnx_going_bad_on_big_frames(model / 'model.onnx', fault)
+    sign_card(model)
+    return model
+
+
+@pytest.mark.parametrize('fault,words', [('nan', 'NaN'), ('class', 'class id 9')])
+def test_fuse_writes_no_image_of_a_model_returning_nan_or_bad_class_ids(tmp_path, pairs_dir,
+                                                                        fault, words):
+    from ssvif_ros.backends import create_backend
+    model = bad_output_model(tmp_path, fault)
+    create_backend('onnxruntime', str(model), threads=1)  # passes load and warm-up
+    out = tmp_path / 'out'
+    res = fuse(pairs_dir, out, '--model', model)
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert 'Traceback' not in res.stderr
+    failed = [ln for ln in res.stderr.splitlines() if ln.strip().startswith('failed ')]
+    assert len(failed) == 2 and all(words in ln for ln in failed), res.stderr
+    assert not list(out.glob('*/*.png'))
+    assert sorted(p.name for p in out.iterdir()) == ['report.json']
+
+
+def test_a_card_not_matching_its_onnx_file_is_refused_at_load(tmp_path, pairs_dir):
+    import json
+    # Classes: the card says 2, the graph's ArgMax chooses among 4.
+    model = model_copy(tmp_path, num_classes=2, class_names=['a', 'b'],
+                       palette=[[0, 0, 0], [255, 255, 255]])
+    res = fuse(pairs_dir, tmp_path / 'out', '--model', model)
+    assert_one_line_error(res, 2, str(model / 'model.json'), 'num_classes 2',
+                          'emits 4 classes')
+    # A file that is not the one the card was written for.
+    other = tmp_path / 'other'
+    other.mkdir()
+    model2 = model_copy(other)
+    card = json.loads((model2 / 'model.json').read_text())
+    card['onnx_sha256'] = '0' * 64
+    (model2 / 'model.json').write_text(json.dumps(card))
+    res = fuse(pairs_dir, tmp_path / 'out2', '--model', model2)
+    assert_one_line_error(res, 2, str(model2 / 'model.onnx'), 'onnx_sha256')
+    assert not (tmp_path / 'out').exists() and not (tmp_path / 'out2').exists()
+
+
+def test_fuse_makes_no_output_folder_when_no_pair_matches(tmp_path, pairs_dir):
+    import shutil
+    (tmp_path / 'other_ir').mkdir()
+    for p in (pairs_dir / 'ir').iterdir():
+        shutil.copy(p, tmp_path / 'other_ir' / ('x' + p.name))
+    out = tmp_path / 'out'
+    res = run_cli('ssvif_ros.fuse_cli', '--vi', pairs_dir / 'vi', '--ir', tmp_path / 'other_ir',
+                  '--out', out)
+    assert_one_line_error(res, 2, 'no pairs with matching names')
+    assert not out.exists()
 
 
 def _bad_checkpoints(tmp_path):
@@ -604,6 +731,29 @@ def test_a_dead_worker_makes_the_node_exit_1_for_a_supervisor(tmp_path, feeder):
                    for lvl, msg, _ in feeder.diag), feeder.diag
         log = (tmp_path / 'node.log').read_text()
         assert 'injected thread death' in log and 'Traceback' not in log, log[-2000:]
+    finally:
+        stop(proc)
+
+
+@pytest.mark.parametrize('fault', ['nan', 'class'])
+def test_the_node_drops_nan_or_unknown_class_outputs_with_an_error_status(tmp_path, feeder,
+                                                                          fault):
+    from diagnostic_msgs.msg import DiagnosticStatus
+    model = bad_output_model(tmp_path, fault)
+    proc = start_node(tmp_path / 'node.log', ['backend:=onnxruntime', f'model:={model}',
+                                              'threads:=1'], node_env())
+    try:
+        assert feeder.wait_connected(), (tmp_path / 'node.log').read_text()[-2000:]
+        feeder.publish_pairs(10)
+        assert wait_until(lambda: feeder.diag and int(
+            feeder.diag[-1][2].get('drops.bad_output', 0)) >= 5, 15), feeder.diag[-3:]
+        assert proc.poll() is None, (tmp_path / 'node.log').read_text()[-2000:]
+        assert any(lvl == DiagnosticStatus.ERROR and 'pairs failed' in msg
+                   for lvl, msg, _ in feeder.diag), feeder.diag
+        assert feeder.fused == []  # not one bad frame was published
+        assert int(feeder.diag[-1][2]['published']) == 0
+        log = (tmp_path / 'node.log').read_text()
+        assert 'bad_output' in log and 'Traceback' not in log, log[-2000:]
     finally:
         stop(proc)
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 import importlib
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
-from ssvif_ros.backends.base import Backend, BackendError, error_reason
+from ssvif_ros.backends.base import Backend, BackendError, error_reason, OutputError
 
-__all__ = ['Backend', 'BackendError', 'create_backend', 'names', 'needs_model', 'register']
+__all__ = ['Backend', 'BackendError', 'create_backend', 'names', 'needs_model', 'OutputError',
+           'register']
 
 
 class _Entry(NamedTuple):

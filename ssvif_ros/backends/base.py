@@ -16,6 +16,26 @@ class BackendError(RuntimeError):
     """A backend cannot be created (missing/corrupt model, missing runtime, no GPU)."""
 
 
+class OutputError(ValueError):
+    """A model returned a frame that must not be used: NaN/Inf, or class ids beyond the card."""
+
+
+def check_outputs(fused: np.ndarray, ids: np.ndarray, num_classes: int) -> None:
+    """Per-frame check of a model's outputs; OutputError saying what is wrong.
+
+    Cheap enough for every frame: one summing pass over ``fused`` (NaN and Inf survive a sum;
+    the values are in [0, 1], so a finite image never sums to Inf) and one max over ``ids``.
+    """
+    if not np.isfinite(np.add.reduce(fused, axis=None)):
+        bad = int(fused.size - np.count_nonzero(np.isfinite(fused)))
+        raise OutputError(f'the model returned {bad} NaN or Inf values in the fused image')
+    if num_classes < 256 and ids.size:
+        top = int(ids.max())
+        if top >= num_classes:
+            raise OutputError(f'the model returned class id {top}, but the model card has '
+                              f'{num_classes} classes')
+
+
 class Backend:
     """Runs one fusion + segmentation model on one image pair at a time."""
 
@@ -93,6 +113,8 @@ class GraphBackend(Backend):
         ir = rng.random((h, w), dtype=np.float32)
         try:
             fused, ids = self.infer(vis, ir)
+        except OutputError as exc:
+            raise ValueError(f'warm-up inference on a {w}x{h} pair: {exc}') from None
         except Exception as exc:  # noqa: BLE001 - ORT, torch and TensorRT errors alike
             raise ValueError(f'warm-up inference on a {w}x{h} pair failed (pad_multiple '
                              f'{self.pad_multiple}): {error_reason(exc)}') from None
@@ -100,11 +122,6 @@ class GraphBackend(Backend):
             raise ValueError(f'warm-up inference on a {w}x{h} pair returned fused '
                              f'{tuple(fused.shape)} and class ids {tuple(ids.shape)}, expected '
                              f'{(h, w, 3)} and {(h, w)}')
-        if not np.isfinite(fused).all():
-            raise ValueError('warm-up inference returned NaN or Inf in the fused image')
-        if ids.size and int(ids.max()) >= self.num_classes:
-            raise ValueError(f'warm-up inference returned class id {int(ids.max())}, but the '
-                             f'model card has {self.num_classes} classes')
 
     def infer(self, vis, ir):
         """Pad, run the graph, crop: float H x W x 3 and H x W pair -> (fused float, ids uint8)."""
@@ -119,4 +136,5 @@ class GraphBackend(Backend):
         fused, ids = self.run(v, t)
         fused = imaging.unpad(np.asarray(fused[0], np.float32).transpose(1, 2, 0), pad)
         ids = imaging.unpad(np.asarray(ids[0]).astype(np.uint8, copy=False), pad)
+        check_outputs(fused, ids, self.num_classes)  # every consumer: node, fuse, bag eval
         return fused, ids

@@ -18,6 +18,9 @@ class TorchBackend(GraphBackend):
         path, card = model_card.locate(model, 'pt')
         graph, info = load_graph(path, card.get('seg_upsample', 'bilinear'))
         n = graph.num_classes
+        if card and card.get('num_classes', n) != n:
+            raise ValueError(f'the model card beside {path} says num_classes '
+                             f'{card["num_classes"]}, but the checkpoint has {n} classes')
         card = dict(card) or {}
         card.setdefault('pad_multiple', graph.pad_multiple)
         card.setdefault('num_classes', n)
