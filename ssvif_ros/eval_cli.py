@@ -56,7 +56,7 @@ import sys
 from typing import Optional, Sequence
 
 from ssvif_ros import labels, metrics
-from ssvif_ros.eval_common import EvalError
+from ssvif_ros.eval_common import check_out_folder, EvalError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``ssvif-eval``; returns the exit status (0 ok, 2 error)."""
     args = build_parser().parse_args(argv)
     try:
+        check_out_folder(args.out)
         if args.command == 'fusion':
             from ssvif_ros.eval_fusion import run_fusion
             return run_fusion(args)
@@ -118,9 +119,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except EvalError as e:
         print(f'ssvif-eval: error: {e}', file=sys.stderr)
         return 2
-    except OSError as e:  # e.g. output folder not writable
-        name = e.filename if getattr(e, 'filename', None) else ''
-        print(f'ssvif-eval: error: {e.strerror or e} {name}'.rstrip(), file=sys.stderr)
+    except OSError as e:  # e.g. output folder not writable, disk full
+        name = e.filename or args.out
+        print(f'ssvif-eval: error: cannot write {name}: {e.strerror or e}', file=sys.stderr)
         return 2
 
 

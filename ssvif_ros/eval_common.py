@@ -20,6 +20,20 @@ class EvalError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
 
+def nothing_scored(problems: Sequence[str]) -> EvalError:
+    """The error of a run in which no image could be scored (exit 2, not an n/a table)."""
+    first = f'; first: {problems[0]}' if problems else ''
+    return EvalError(f'no image could be scored ({len(problems)} problems{first})')
+
+
+def check_out_folder(out: str) -> None:
+    """EvalError when ``out`` exists and is not a folder (checked before any work)."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise EvalError(f'--out {p} is an existing file, not a folder: give a folder '
+                        '(it is created when missing)')
+
+
 def list_files(folder: str, what: str, extensions: Sequence[str], kind: str) -> Dict[str, Path]:
     """Map stem -> path of ``folder``'s files with ``extensions`` (error if missing or empty)."""
     d = Path(folder)

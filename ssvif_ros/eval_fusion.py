@@ -15,8 +15,8 @@ import numpy as np
 
 from ssvif_ros import metrics
 from ssvif_ros.contact_sheets import contact_sheet
-from ssvif_ros.eval_common import (EvalError, finite_mean, json_value, list_images, progress,
-                                   read_checked, size_text)
+from ssvif_ros.eval_common import (EvalError, finite_mean, json_value, list_images,
+                                   nothing_scored, progress, read_checked, size_text)
 
 
 def match_fused(stems: Sequence[str], fused_files: Dict[str, Path], method: str
@@ -129,6 +129,8 @@ def run_fusion(args) -> int:
         per = report[method]['per_image']
         report[method]['n_images'] = len(per)
         report[method]['mean'] = {n: finite_mean([v[n] for v in per.values()]) for n in names}
+    if not any(report[m]['n_images'] for m in methods):
+        raise nothing_scored(problems)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _write_fusion_outputs(out, args, names, methods, stems, report, problems)

@@ -12,8 +12,8 @@ import numpy as np
 
 from ssvif_ros import imaging, labels, seg_metrics
 from ssvif_ros.eval_common import (class_ids, EvalError, json_tree, json_value, list_files,
-                                   list_images, progress, read_checked, size_text,
-                                   write_report)
+                                   list_images, nothing_scored, progress, read_checked,
+                                   size_text, write_report)
 
 
 def run_segmentation(args) -> int:
@@ -54,6 +54,8 @@ def run_segmentation(args) -> int:
     iou, miou = seg_metrics.iou_from_confusion(cm)
     acc = seg_metrics.pixel_accuracy(cm)
     n_scored = len(stems) - len(mismatched)
+    if not n_scored:
+        raise nothing_scored(problems)
     lines = [f'## Segmentation ({n_scored} images, {len(names)} classes, ignore index '
              f'{ignore})', '', '| Class | IoU |', '|---|---|']
     for name, v in zip(names, iou):
@@ -135,6 +137,8 @@ def run_boxes(args) -> int:
             scorer.add(labels.thermal_rule(read_checked(irs[s])), boxes[s])
         rows[BASELINE_NAME] = scorer.result()
         rows[BASELINE_NAME]['n_images'] = sum(1 for s in boxes if s in irs)
+    if not any(r['n_images'] for r in rows.values()):
+        raise nothing_scored(problems)
     text = box_markdown(rows, classes, len(boxes))
     if problems:
         text += '\n### Problems\n\n' + '\n'.join(f'- {p}' for p in problems) + '\n'

@@ -2,6 +2,7 @@
 import os
 from pathlib import Path
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -68,3 +69,28 @@ def msrs_boxes(tmp_path, msrs_dir):
                 os.symlink(src, dst)
         return root
     return make
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A real 256 KiB file system (tmpfs) that four MSRS pairs overflow; skipped without mount.
+
+    Yields (mount point, a function that remounts it read-only: an unwritable output).
+    """
+    mnt = tmp_path / 'tiny_tmpfs'
+    mnt.mkdir()
+    try:
+        res = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', str(mnt)],
+                             capture_output=True, text=True, timeout=30)
+    except OSError as exc:
+        pytest.skip(f'no mount command to make a full disk: {exc}')
+    if res.returncode != 0:
+        pytest.skip('cannot mount a small tmpfs to make a full disk (needs root): '
+                    f'{res.stderr.strip()}')
+
+    def read_only():
+        subprocess.run(['mount', '-o', 'remount,ro', str(mnt)], check=True, timeout=30)
+    try:
+        yield mnt, read_only
+    finally:
+        subprocess.run(['umount', '-l', str(mnt)], timeout=30)

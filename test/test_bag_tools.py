@@ -404,33 +404,8 @@ def test_offline_output_keeps_input_order_when_pairs_come_faster_than_inference(
         assert [stamp(m) for _, m in out_bag[topic]] == in_stamps
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 256 KiB file system (tmpfs) that four MSRS pairs overflow; skipped without mount.
-
-    Yields (mount point, a function that remounts it read-only: an unwritable output).
-    """
-    mnt = tmp_path / 'small_disk'
-    mnt.mkdir()
-    try:
-        res = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', str(mnt)],
-                             capture_output=True, text=True, timeout=30)
-    except OSError as exc:
-        pytest.skip(f'no mount command to make a full disk: {exc}')
-    if res.returncode != 0:
-        pytest.skip('cannot mount a small tmpfs to make a full disk (needs root): '
-                    f'{res.stderr.strip()}')
-
-    def read_only():
-        subprocess.run(['mount', '-o', 'remount,ro', str(mnt)], check=True, timeout=30)
-    try:
-        yield mnt, read_only
-    finally:
-        subprocess.run(['umount', '-l', str(mnt)], timeout=30)
-
-
-def test_make_and_eval_onto_a_full_or_read_only_disk_are_one_line(tmp_path, val4, small_disk):
-    disk, read_only = small_disk
+def test_make_and_eval_onto_a_full_or_read_only_disk_are_one_line(tmp_path, val4, tiny_tmpfs):
+    disk, read_only = tiny_tmpfs
     err = one_line_error(run_cli('make', '--vi', val4 / 'vi', '--ir', val4 / 'ir', '--out',
                                  disk / 'bag', '--quiet'), str(disk / 'bag'),
                          'No space left on device')

@@ -173,3 +173,52 @@ def test_errors_exit_2_naming_the_path(tmp_path, case):
     rc, stdout, stderr = _run(args)
     assert rc == 2
     assert expect in stderr and 'Traceback' not in stderr
+
+
+def _one_line(rc, stderr, *words):
+    """Exit 2 and a single stderr line, without traceback, naming ``words``."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert rc == 2 and 'Traceback' not in stderr, stderr
+    assert len(lines) == 1 and lines[0].startswith('ssvif-eval: error:'), stderr
+    for w in words:
+        assert str(w) in lines[0], (w, lines[0])
+
+
+def test_nothing_scored_is_exit_2_and_writes_no_table(tmp_path):
+    root = _synthetic(tmp_path)
+    # fusion: every fused image has the wrong size
+    for stem in ('a', 'b', 'c'):
+        imaging.write_image(root / 'small' / f'{stem}.png', np.zeros((20, 24, 3), np.uint8))
+    rc, _, err = _run(['fusion', '--vi', root / 'vi', '--ir', root / 'ir', '--fused',
+                       root / 'small', '--out', root / 'out_f', '--quiet'])
+    _one_line(rc, err, 'no image could be scored', '3 problems', 'is 24x20')
+    # segmentation: prediction and label sizes differ
+    imaging.write_image(root / 'labels' / 'a.png', np.zeros((4, 4), np.uint8))
+    imaging.write_image(root / 'pred' / 'a.png', np.zeros((5, 4), np.uint8))
+    rc, _, err = _run(['segmentation', '--pred', root / 'pred', '--labels', root / 'labels',
+                       '--classes', 'msrs', '--out', root / 'out_s', '--quiet'])
+    _one_line(rc, err, 'no image could be scored', 'differ in size')
+    # boxes: no prediction for any box file
+    (root / 'boxes').mkdir()
+    (root / 'boxes' / 'zz.txt').write_text('0 0.5 0.5 0.2 0.2\n')
+    rc, _, err = _run(['boxes', '--pred', root / 'pred', '--boxes', root / 'boxes',
+                       '--out', root / 'out_b', '--quiet'])
+    _one_line(rc, err, 'no image could be scored', 'zz: no prediction')
+    assert not any((root / f'out_{k}').exists() for k in 'fsb')
+
+
+def test_an_existing_file_as_out_or_a_full_disk_names_the_path(tmp_path, tiny_tmpfs):
+    root = _synthetic(tmp_path)
+    afile = root / 'evalout_file'
+    afile.write_text('x')
+    args = ['fusion', '--vi', root / 'vi', '--ir', root / 'ir', '--fused', root / 'other',
+            '--metrics', 'EN', '--quiet', '--out']
+    rc, _, err = _run(args + [afile])
+    _one_line(rc, err, str(afile), 'existing file, not a folder')
+    disk, read_only = tiny_tmpfs
+    (disk / 'filler').write_bytes(b'\0' * (256 * 1024 - 4096))  # leave no room for a report
+    rc, _, err = _run(args + [disk / 'out'])
+    _one_line(rc, err, str(disk / 'out'), 'No space left on device')
+    read_only()
+    rc, _, err = _run(args + [disk / 'out2'])
+    _one_line(rc, err, str(disk / 'out2'), 'Read-only file system')
