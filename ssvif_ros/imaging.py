@@ -391,6 +391,35 @@ def warp_homography(img: np.ndarray, homography: Sequence[float],
                                borderMode=cv2.BORDER_CONSTANT)
 
 
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def png_damage(data: bytes) -> Optional[str]:
+    """Why the bytes of a PNG file are damaged (a chunk's CRC, a cut), or None.
+
+    Checked before OpenCV decodes them, because libpng prints its own ``libpng error: ...``
+    line to stderr for a damaged file; a file that does not start with the PNG signature is
+    left to OpenCV (None). One CRC pass over the file: far cheaper than decoding it.
+    """
+    import zlib
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    view, pos, n = memoryview(data), len(PNG_SIGNATURE), len(data)
+    while pos + 12 <= n:
+        length = int.from_bytes(view[pos:pos + 4], 'big')
+        raw = bytes(view[pos + 4:pos + 8])
+        name = raw.decode('ascii') if raw.isalpha() else f'0x{raw.hex()}'
+        end = pos + 12 + length
+        if end > n:
+            return f'PNG cut short inside chunk {name}'
+        if zlib.crc32(view[pos + 4:end - 4]) != int.from_bytes(view[end - 4:end], 'big'):
+            return f'PNG chunk {name} fails its CRC check: a corrupt file'
+        if name == 'IEND':
+            return None
+        pos = end
+    return 'PNG cut short: no IEND chunk'
+
+
 def read_image(path, mode: str = 'any') -> np.ndarray:
     """Read an image file into NumPy: RGB order, bit depth kept (uint8 or uint16).
 
@@ -410,7 +439,12 @@ def read_image(path, mode: str = 'any') -> np.ndarray:
         except Exception:  # noqa: BLE001 - fall back to OpenCV's TIFF decoder
             img = None
     if img is None:
-        img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        with open(path, 'rb') as f:
+            data = f.read()
+        damage = png_damage(data)
+        if damage:
+            raise ValueError(f'cannot decode image file ({damage}): {path}')
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if img is not None and img.ndim == 3:
             code = cv2.COLOR_BGRA2RGBA if img.shape[2] == 4 else cv2.COLOR_BGR2RGB
             img = cv2.cvtColor(img, code)

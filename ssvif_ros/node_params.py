@@ -173,7 +173,10 @@ def _choice(values: Dict[str, Any], name: str, choices: Sequence[str]) -> str:
 
 def _in_range(values: Dict[str, Any], name: str, lo: float, hi: float) -> float:
     v = values[name]
-    if not (isinstance(v, (int, float)) and math.isfinite(v) and lo <= v <= hi):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f'parameter {name}: {v!r} is not a number (expected one in '
+                         f'[{lo}, {hi}])')
+    if not (math.isfinite(v) and lo <= v <= hi):
         raise ValueError(f'parameter {name}: {v!r} is outside [{lo}, {hi}]')
     return v
 

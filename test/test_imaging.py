@@ -153,3 +153,33 @@ def test_image_files_round_trip_keeps_16_bit_and_rgb_order(tmp_path):
         imaging.read_image(tmp_path / 'bad.png')
     with pytest.raises(FileNotFoundError, match='missing.png'):
         imaging.read_image(tmp_path / 'missing.png')
+
+
+def _damaged_pngs(tmp_path):
+    """A real PNG and copies of it: bytes flipped in IDAT, in the zlib header, cut short."""
+    rng = np.random.default_rng(0)
+    good = tmp_path / 'good.png'
+    imaging.write_image(good, rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    data = good.read_bytes()
+    out = {}
+    for label, edit in (('idat', lambda b: b[:2000] + b'\x00\xff\x00\xff' + b[2004:]),
+                        ('zlib_header', lambda b: b[:41] + b'\x00\xff' + b[43:]),
+                        ('cut', lambda b: b[:len(b) - 30]),
+                        ('chunk_type', lambda b: b[:len(b) - 8] + b'\x00\xff\x00\xff'
+                         + b[len(b) - 4:])):
+        out[label] = tmp_path / f'{label}.png'
+        out[label].write_bytes(edit(data))
+    return good, out
+
+
+def test_a_damaged_png_is_one_error_without_libpng_lines(tmp_path, capfd):
+    good, damaged = _damaged_pngs(tmp_path)
+    assert imaging.read_image(good).shape == (120, 160, 3)
+    for label, path in damaged.items():
+        with pytest.raises(ValueError) as info:
+            imaging.read_image(path)
+        msg = str(info.value)
+        assert str(path) in msg and 'PNG' in msg and '\n' not in msg, (label, msg)
+        assert msg.isprintable(), msg
+    err = capfd.readouterr().err  # libpng writes to the process's stderr (fd 2) itself
+    assert 'libpng' not in err and err == '', err

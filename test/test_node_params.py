@@ -50,6 +50,17 @@ def test_make_config_refuses_unknown_and_names_the_parameter():
         make_config(values)
 
 
+@pytest.mark.parametrize('given,words', [
+    ('abc', "slop: 'abc' is not a number"), ('true', 'slop: True is not a number'),
+    ('9', 'slop: 9 is outside [0.0, 1.0]'), ('.nan', 'slop: nan is outside')])
+def test_a_value_that_is_not_a_number_is_said_to_be_so(given, words):
+    values = defaults()
+    values.update(node_params.parse_assignments([f'slop:={given}']))
+    with pytest.raises(ValueError) as info:
+        make_config(values)
+    assert words in str(info.value)
+
+
 def _launch_tree():
     return ast.parse(LAUNCH.read_text())
 
