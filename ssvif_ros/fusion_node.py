@@ -60,6 +60,8 @@ SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FA
 DRAIN_TIMEOUT_S = 1.5
 # How long a dying node waits for reliable subscribers to acknowledge its last diagnostics.
 LAST_DIAG_ACK_S = 1.0
+# Parameters read at configure only ("start only" in the table): settable while unconfigured.
+START_ONLY = frozenset(spec.name for spec in PARAMETERS if spec.read_only)
 
 
 class WorkerDied(RuntimeError):
@@ -226,7 +228,10 @@ class FusionNode(LifecycleNode):
 
     def _declare_parameters(self) -> None:
         for spec in PARAMETERS:
-            desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only,
+            # Start-only parameters are not ROS read-only: they stay settable while the node is
+            # unconfigured (a failed configure can be retried with another model), and
+            # _validate_parameters refuses them from configure to cleanup.
+            desc = ParameterDescriptor(description=spec.description, read_only=False,
                                        additional_constraints=spec.constraints)
             if spec.lo is not None and isinstance(spec.default, float):
                 desc.floating_point_range = [FloatingPointRange(
@@ -243,6 +248,12 @@ class FusionNode(LifecycleNode):
         return {name: self.get_parameter(name).value for name in PARAM_NAMES}
 
     def _validate_parameters(self, params: List[Parameter]) -> SetParametersResult:
+        if self._config is not None:
+            fixed = [p.name for p in params if p.name in START_ONLY]
+            if fixed:
+                return SetParametersResult(successful=False, reason=(
+                    f'parameter {fixed[0]} is read at configure: set it while the node is '
+                    'unconfigured (after cleanup, or after a failed configure)'))
         values = self._param_values()
         for p in params:
             if p.name in values:

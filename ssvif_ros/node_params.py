@@ -47,7 +47,8 @@ class ParamSpec:
     """One node parameter as declared, documented and written to the params file.
 
     ``lo``/``hi``: numeric range (declared as the ROS range). ``read_only``: read once at
-    configure (``ros2 param set`` refuses it). ``values``: the documented values or range when
+    configure (``ros2 param set`` refuses it from configure to cleanup; while unconfigured it
+    is settable). ``values``: the documented values or range when
     not numeric. ``comment``: the short note in ``config/fusion.yaml``.
     """
 

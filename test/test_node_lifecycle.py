@@ -161,6 +161,42 @@ def test_a_failed_configure_leaves_the_node_unconfigured_with_a_reason(tmp_path)
         assert stop(proc) == 0, node_log(proc)
 
 
+def _set_params(manager, node, **values):
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    client = manager.node.create_client(SetParameters, f'{node}/set_parameters')
+    req = SetParameters.Request()
+    req.parameters = [Parameter(k, value=v).to_parameter_msg() for k, v in values.items()]
+    return manager.call(client, req, timeout=20.0).results
+
+
+def test_after_a_failed_configure_the_model_can_be_set_and_configure_retried(tmp_path):
+    ns = '/lcretry'
+    missing = tmp_path / 'no_such_model.onnx'
+    proc = start_node(tmp_path / 'node.log', ['backend:=onnxruntime', f'model:={missing}',
+                                              'autostart:=false'],
+                      process_env(DOMAIN_ID), namespace=ns)
+    m = Manager(ns)
+    try:
+        assert not m.transition(Transition.TRANSITION_CONFIGURE)
+        assert m.state() == 'unconfigured'
+        results = _set_params(m, f'{ns}/fusion_node', model='', threads=1)
+        # Unconfigured: the start-only parameters are settable.
+        assert all(r.successful for r in results), [r.reason for r in results]
+        assert m.transition(Transition.TRANSITION_CONFIGURE), node_log(proc)
+        assert m.state() == 'inactive'
+        (res,) = _set_params(m, f'{ns}/fusion_node', model=str(missing))
+        assert not res.successful and 'read at configure' in res.reason, res.reason
+        assert m.transition(Transition.TRANSITION_ACTIVATE), node_log(proc)
+        assert wait_until(m.connected, 15.0), node_log(proc)
+        sent = m.feed(2.0)
+        assert wait_until(lambda: set(m.received()) & set(sent), 10.0), node_log(proc)
+        assert 'Traceback' not in node_log(proc)
+    finally:
+        m.close()
+        assert stop(proc) == 0, node_log(proc)
+
+
 def test_standalone_autostart_needs_no_manager(tmp_path):
     """``ros2 run`` without a manager: autostart configures and activates at once."""
     ns = '/lcauto'
