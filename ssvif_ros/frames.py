@@ -50,9 +50,19 @@ def stamp_ns(msg) -> int:
     return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
 
 
-def check_frame(stream: int, msg, msgtype: str = IMAGE_TYPE) -> None:
-    """Metadata checks done when a frame arrives, before pairing; raises FrameError."""
+def check_frame(stream: int, msg, msgtype: str = IMAGE_TYPE, max_pixels: int = 0) -> None:
+    """Metadata checks done when a frame arrives, before pairing; raises FrameError.
+
+    ``max_pixels`` (> 0): a frame whose header says more pixels is dropped here
+    (``<stream>.too_large``), before it is queued for pairing or decoded.
+    """
     name = STREAM_NAMES[stream]
+    if max_pixels > 0 and msgtype != COMPRESSED_TYPE:
+        pixels = int(msg.width) * int(msg.height)
+        if pixels > max_pixels:
+            raise FrameError(f'{name}.too_large',
+                             f'{name} frame {msg.width}x{msg.height} has {pixels} pixels, more '
+                             f'than max_input_pixels ({max_pixels})')
     if msgtype == COMPRESSED_TYPE:
         fmt = str(msg.format).lower()
         if 'compresseddepth' in fmt:

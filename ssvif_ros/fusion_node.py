@@ -286,8 +286,10 @@ class FusionNode(LifecycleNode):
 
     def _on_image(self, stream: int, msg: Image) -> None:
         self._stats.count_input(stream)
+        cfg = self._config
         try:
-            frames.check_frame(stream, msg)  # metadata only; the worker decodes the pixels
+            # metadata only; the worker decodes the pixels
+            frames.check_frame(stream, msg, max_pixels=cfg.max_input_pixels if cfg else 0)
         except frames.FrameError as exc:
             self._drop(exc.reason, str(exc))
             return
@@ -344,6 +346,9 @@ class FusionNode(LifecycleNode):
         self._last_diag = (now, snap)
         pstats = self._pairer.stats()
         self._warn_pairing_drops(pstats['drops'], now - then)
+        if any(n > prev['drops'].get(r, 0) for r, n in snap['drops'].items()
+               if r != 'inference_busy'):
+            runtime.release_free_memory()  # bad input costs no memory: not even freed buffers
         death = self._worker.death if self._worker is not None else None
         dead = death is not None or self._worker is None or not self._worker.alive()
         why = (f'{type(death).__name__}: {death}' if death is not None else 'thread ended')

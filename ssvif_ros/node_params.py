@@ -32,6 +32,8 @@ IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 # Largest output_size in pixels (8K UHD): the worker holds about 60 bytes per output pixel
 # (float32 RGB and thermal, padded copies, fused, ids, uint8 encodings), 2 GB at this size.
 MAX_OUTPUT_PIXELS = 7680 * 4320
+# 5 MP (2560x2048): 1080p, 1440p and machine-vision 5 MP cameras; 4K UHD needs a raise.
+DEFAULT_MAX_INPUT_PIXELS = 2560 * 2048
 MAX_SIDE = 16384
 # Frame size assumed when checking thermal_homography before any frame has arrived.
 REFERENCE_SIZE = (640, 512)
@@ -125,6 +127,10 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec('publish_camera_info', False, 'Republish `rgb/camera_info` as '
               '`fused/camera_info`', read_only=True, values='bool',
               comment='republish rgb/camera_info as fused/camera_info'),
+    ParamSpec('max_input_pixels', DEFAULT_MAX_INPUT_PIXELS, 'Frames with more pixels '
+              '(width x height, from the message header) are dropped on arrival, before pairing '
+              'or decoding (`<stream>.too_large`)', 1, MAX_OUTPUT_PIXELS,
+              comment='larger frames (w x h) dropped on arrival; 4K: 8294400'),
 )
 PARAM_NAMES = tuple(p.name for p in PARAMETERS)
 SPECS = {p.name: p for p in PARAMETERS}
@@ -163,6 +169,7 @@ class FusionConfig:
     overlay_alpha: float
     publish_color: bool
     publish_camera_info: bool
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
 
 
 def _choice(values: Dict[str, Any], name: str, choices: Sequence[str]) -> str:
@@ -282,7 +289,8 @@ def make_config(values: Dict[str, Any],
         homography_identity=identity, size_mismatch=size_mismatch,
         output_size=parse_output_size(values['output_size']),
         overlay_alpha=float(values['overlay_alpha']), publish_color=bool(values['publish_color']),
-        publish_camera_info=bool(values['publish_camera_info']))
+        publish_camera_info=bool(values['publish_camera_info']),
+        max_input_pixels=int(values['max_input_pixels']))
 
 
 def model_path(model: str, backend: str) -> Optional[str]:

@@ -34,3 +34,19 @@ def tune_malloc() -> bool:
             libc.mallopt(m_trim_threshold, 256 << 20))
     except (OSError, AttributeError):  # not glibc (musl, ...): keep the defaults
         return False
+
+
+def release_free_memory() -> bool:
+    """Give the heap's free pages back to the system (glibc ``malloc_trim``); True if any.
+
+    :func:`tune_malloc` keeps freed image buffers for reuse, which is right for a steady
+    stream but keeps, e.g., the buffers of a few dropped 4K frames resident for good. The node
+    calls this after a period with dropped frames; it costs a walk over the heap's free lists.
+    """
+    if not sys.platform.startswith('linux'):
+        return False
+    try:
+        import ctypes
+        return bool(ctypes.CDLL('libc.so.6').malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc
+        return False

@@ -758,6 +758,56 @@ def test_the_node_drops_nan_or_unknown_class_outputs_with_an_error_status(tmp_pa
         stop(proc)
 
 
+def _rss_anon_mib(pid):
+    from pathlib import Path
+    for line in Path(f'/proc/{pid}/status').read_text().splitlines():
+        if line.startswith('RssAnon:'):
+            return int(line.split()[1]) / 1024.0
+    pytest.skip('this kernel reports no RssAnon in /proc/<pid>/status')
+
+
+def test_frames_above_max_input_pixels_are_dropped_on_arrival_and_cost_no_memory(tmp_path,
+                                                                                 feeder):
+    import numpy as np
+    from ssvif_ros.ros_image import numpy_to_image
+    proc = start_node(tmp_path / 'node.log', ['backend:=maxluma'], node_env())  # default limit
+    log = tmp_path / 'node.log'
+    try:
+        assert feeder.wait_connected(), log.read_text()[-2000:]
+        feeder.publish_pairs(10)  # warm-up at 64x48: buffers, DDS history
+        assert wait_until(lambda: feeder.diag and int(feeder.diag[-1][2]['published']) > 0,
+                          15), feeder.diag[-2:]
+        rss0 = _rss_anon_mib(proc.pid)
+        rgb = numpy_to_image(np.full((2160, 3840, 3), 90, np.uint8), 'rgb8')  # 25 MB
+        nan = numpy_to_image(np.full((2160, 3840), np.nan, np.float32), '32FC1')  # 33 MB
+        for _ in range(5):
+            t = time.time_ns()
+            feeder.pub_rgb.publish(set_stamp(rgb, t))
+            feeder.pub_th.publish(set_stamp(nan, t))
+            time.sleep(0.2)
+
+        def too_large():
+            d = feeder.diag[-1][2] if feeder.diag else {}
+            return sum(int(d.get(f'drops.{s}.too_large', 0)) for s in ('rgb', 'thermal'))
+        # Best-effort input: a 4K frame may be lost in transport, but some arrive.
+        assert wait_until(lambda: too_large() >= 2, 15), feeder.diag[-1:]
+        seen = len(feeder.diag)
+        assert wait_until(lambda: len(feeder.diag) >= seen + 2, 10)  # two periods later
+        rss1 = _rss_anon_mib(proc.pid)
+        values = feeder.diag[-1][2]
+        assert 'drops.thermal.non_finite' not in values, values  # never decoded
+        # Five 4K pairs are 290 MB; kept, or even left as freed heap, they would show here.
+        assert rss1 - rss0 < 100.0, (rss0, rss1, values)
+        text = log.read_text()
+        assert 'too_large' in text and 'max_input_pixels (5242880)' in text, text[-2000:]
+        published = int(values['published'])
+        feeder.publish_pairs(5)  # still fusing frames of an accepted size
+        assert wait_until(lambda: int(feeder.diag[-1][2]['published']) > published, 10)
+        assert proc.poll() is None and 'Traceback' not in log.read_text()
+    finally:
+        stop(proc)
+
+
 @pytest.mark.parametrize('params,words', [
     (['backend:=torch', 'device:=abc'], 'abc'),
     (['model:={bad_card}'], 'pad_multiple'),
