@@ -173,7 +173,7 @@ class InputPass:
                 stamp = stamp_ns(msg)
                 self.stamps[name].append(stamp)
                 try:
-                    check_frame(stream, msg, conn.msgtype)
+                    check_frame(stream, msg, conn.msgtype, self.cfg.max_input_pixels)
                 except FrameError as exc:
                     self.dropped[(stream, stamp)] = exc.reason
                     continue

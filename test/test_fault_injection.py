@@ -467,6 +467,26 @@ def test_a_card_not_matching_its_onnx_file_is_refused_at_load(tmp_path, pairs_di
     assert not (tmp_path / 'out').exists() and not (tmp_path / 'out2').exists()
 
 
+def test_bag_eval_drops_bad_model_outputs_and_oversized_frames(tmp_path, pairs_dir):
+    import json
+    from ssvif_ros.bag_cli import main as bag_main
+    bag = tmp_path / 'bag'
+    assert bag_main(['make', '--vi', str(pairs_dir / 'vi'), '--ir', str(pairs_dir / 'ir'),
+                     '--out', str(bag), '--quiet']) == 0
+    model = bad_output_model(tmp_path, 'nan')
+    res = run_cli('ssvif_ros.bag_cli', 'eval', bag, '--out', tmp_path / 'ev', '--model', model,
+                  '--quiet')
+    assert res.returncode == 1 and 'Traceback' not in res.stderr, res.stderr[-2000:]
+    c = json.loads((tmp_path / 'ev' / 'report.json').read_text())['counts']
+    assert c['fused'] == 0 and c['dropped_by_reason'] == {'bad_output': 2}, c
+    # As in the node, frames above max_input_pixels are dropped before pairing.
+    res = run_cli('ssvif_ros.bag_cli', 'eval', bag, '--out', tmp_path / 'ev2', '--backend',
+                  'maxluma', '--param', 'max_input_pixels:=1000', '--quiet')
+    assert res.returncode == 1 and 'Traceback' not in res.stderr, res.stderr[-2000:]
+    c = json.loads((tmp_path / 'ev2' / 'report.json').read_text())['counts']
+    assert c['dropped_by_reason'] == {'rgb.too_large': 2, 'thermal.too_large': 2}, c
+
+
 def test_fuse_makes_no_output_folder_when_no_pair_matches(tmp_path, pairs_dir):
     import shutil
     (tmp_path / 'other_ir').mkdir()
