@@ -43,8 +43,19 @@ least 20 % of its pixels carry its class), pixel precision (share of the class's
 box of that class grown by 5 px), their F1, and box-F1 = the mean F1 over the classes. One row
 per ``--pred`` folder; ``--baseline-ir`` adds the trivial rule "thermal > mean + 2 SD = person"
 computed from that folder's thermal images. Every box file is an image to score (an empty one has
-no objects); a box file without a prediction is listed as a problem. Writes
-``box_scores.md`` and ``box_scores.json``.
+no objects); a box file without a prediction is listed as a problem. Beside each box-F1 and
+class F1: its 95 % percentile bootstrap interval over the images. A second table gives the marked
+share (below) of each method. Writes ``box_scores.md`` and ``box_scores.json``.
+
+Marked share (no labels needed)::
+
+    ssvif-eval marked --pred DIR [--pred DIR2 ...] [--name NAME ...] --out OUT_DIR
+                      [--classes person,car,bike]
+
+Per method, the mean and largest share of an image's pixels marked as each class and as any of
+them (``object``): a label-free check on a new rig, where a model that paints walls, ground or
+vegetation shows shares far above the few percent objects cover. Writes ``marked_share.md`` and
+``.json``.
 
 Errors (missing or empty folder, unreadable image, bad option) print one line naming the thing at
 fault and exit with status 2.
@@ -100,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--baseline-ir', help='thermal folder: add the row of the rule '
                    '"thermal > mean + 2 SD = person"')
     b.add_argument('--quiet', action='store_true', help='no progress bar')
+    m = sub.add_parser('marked', help='share of each image marked per class (no labels needed)')
+    m.add_argument('--pred', required=True, action='append',
+                   help='folder of predicted semantic class-id images (repeat for more methods)')
+    m.add_argument('--name', action='append', help='method name for the matching --pred')
+    m.add_argument('--out', required=True, help='output folder')
+    m.add_argument('--classes', default=','.join(labels.SCORED_CLASSES),
+                   help='classes to report (default person,car,bike)')
+    m.add_argument('--quiet', action='store_true', help='no progress bar')
     return ap
 
 
@@ -114,6 +133,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == 'boxes':
             from ssvif_ros.eval_labels import run_boxes
             return run_boxes(args)
+        if args.command == 'marked':
+            from ssvif_ros.eval_labels import run_marked
+            return run_marked(args)
         from ssvif_ros.eval_labels import run_segmentation
         return run_segmentation(args)
     except EvalError as e:

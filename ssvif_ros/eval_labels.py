@@ -93,16 +93,50 @@ def score_box_folder(pred: Dict[str, Path], boxes: Dict[str, List[labels.Box]],
                      classes: Sequence[str], quiet: bool = True) -> Tuple[Dict, List[str]]:
     """Box scores of one folder of class maps (stem -> path) against parsed boxes."""
     scorer = labels.BoxScorer(classes)
+    shares = labels.MarkedShare(classes)
     problems = [f'{s}: no prediction, not scored' for s in sorted(boxes) if s not in pred]
     bar = progress(len(boxes), quiet)
     for s in sorted(boxes):
         if s in pred:
-            scorer.add(class_ids(read_checked(pred[s]), pred[s]), boxes[s])
+            ids = class_ids(read_checked(pred[s]), pred[s])
+            scorer.add(ids, boxes[s])
+            shares.add(ids)
         bar.update(1)
     bar.close()
     res = scorer.result()
-    res['n_images'] = sum(1 for s in boxes if s in pred)
+    res['marked_share'] = shares.result()
     return res, problems
+
+
+def marked_share_folder(pred: Dict[str, Path], classes: Sequence[str],
+                        quiet: bool = True) -> Dict:
+    """Marked shares (:class:`ssvif_ros.labels.MarkedShare`) of a folder of class maps."""
+    shares = labels.MarkedShare(classes)
+    bar = progress(len(pred), quiet)
+    for s in sorted(pred):
+        shares.add(class_ids(read_checked(pred[s]), pred[s]))
+        bar.update(1)
+    bar.close()
+    return shares.result()
+
+
+def run_marked(args) -> int:
+    """``ssvif-eval marked``: share of each image marked per class, no labels needed."""
+    classes = _split_names(args.classes, '--classes')
+    try:
+        for c in classes:
+            labels.class_id(c)
+    except labels.BoxError as e:
+        raise EvalError(str(e)) from None
+    if args.name and len(args.name) != len(args.pred):
+        raise EvalError(f'--name given {len(args.name)} times for {len(args.pred)} --pred')
+    names = args.name or [Path(p).name for p in args.pred]
+    rows = {name: marked_share_folder(list_images(folder, 'prediction (--pred)'), classes,
+                                      args.quiet)
+            for name, folder in zip(names, args.pred)}
+    text = share_markdown(rows, classes)
+    doc = {'classes': classes, 'methods': {n: json_tree(r) for n, r in rows.items()}}
+    return write_report(args.out, 'marked_share', text, doc, [])
 
 
 def run_boxes(args) -> int:
@@ -136,14 +170,16 @@ def run_boxes(args) -> int:
                 continue
             scorer.add(labels.thermal_rule(read_checked(irs[s])), boxes[s])
         rows[BASELINE_NAME] = scorer.result()
-        rows[BASELINE_NAME]['n_images'] = sum(1 for s in boxes if s in irs)
     if not any(r['n_images'] for r in rows.values()):
         raise nothing_scored(problems)
     text = box_markdown(rows, classes, len(boxes))
+    text += '\n' + share_markdown({n: r['marked_share'] for n, r in rows.items()
+                                   if 'marked_share' in r}, classes)
     if problems:
         text += '\n### Problems\n\n' + '\n'.join(f'- {p}' for p in problems) + '\n'
     doc = {'classes': classes, 'box_classes': args.box_classes.split(','),
            'found_fraction': 0.2, 'grow_px': 5, 'n_box_files': len(boxes),
+           'interval': '95 % percentile bootstrap over images, 2000 resamples, seed 0',
            'methods': {n: json_tree(r) for n, r in rows.items()}, 'problems': problems}
     return write_report(args.out, 'box_scores', text, doc, problems)
 
@@ -152,18 +188,46 @@ def _fmt(v: float) -> str:
     return 'n/a' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{v:.3f}'
 
 
+def _ci(ci) -> str:
+    return 'n/a' if ci is None or any(v is None or v != v for v in ci) else \
+        f'{ci[0]:.3f}–{ci[1]:.3f}'
+
+
 def box_markdown(rows: Dict[str, Dict], classes: Sequence[str], n_files: int) -> str:
-    """The box-score table: one row per method; per class recall / precision / F1, box-F1."""
-    head = ['Method', 'box-F1'] + [f'{c} {k}' for c in classes for k in ('F1', 'R', 'P')]
+    """The box-score table: one row per method; box-F1 with its interval, per class F1 / R / P."""
+    head = ['Method', 'box-F1', '95 % CI']
+    head += [f'{c} {k}' for c in classes for k in ('F1', 'R', 'P')]
     lines = [f'## Box scores ({n_files} box files; found = 20 % of a box, precision in boxes '
              f'+5 px)', '', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for name, r in rows.items():
-        cells = [name, f'**{_fmt(r["box_f1"])}**']
+        cells = [name, f'**{_fmt(r["box_f1"])}**', _ci(r.get('box_f1_ci'))]
         for c in classes:
             v = r['classes'][c]
             cells += [_fmt(v['f1']), _fmt(v['recall']), _fmt(v['precision'])]
         lines.append('| ' + ' | '.join(cells) + ' |')
     counts = ', '.join(f'{c} {next(iter(rows.values()))["classes"][c]["boxes"]}'
                        for c in classes) if rows else ''
-    lines += ['', f'Boxes scored: {counts}. R = box recall, P = pixel precision.']
+    lines += ['', f'Boxes scored: {counts}. R = box recall, P = pixel precision. 95 % CI: '
+              'percentile bootstrap over the images (2000 resamples); a wide one means the '
+              'split is too small to rank close models.']
+    return '\n'.join(lines) + '\n'
+
+
+def share_markdown(rows: Dict[str, Dict], classes: Sequence[str]) -> str:
+    """The marked-share table: per method the mean and max share of an image per class."""
+    if not rows:
+        return ''
+    head = ['Method', 'images'] + [f'{c} mean / max' for c in list(classes) + ['object']]
+    lines = ['## Marked share (share of each image marked as the class, in %)', '',
+             '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for name, r in rows.items():
+        cells = [name, str(r['n_images'])]
+        for c in list(classes) + ['object']:
+            v = r[c]
+            cells.append('n/a' if v['mean'] != v['mean'] else
+                         f'{100 * v["mean"]:.1f} / {100 * v["max"]:.1f}')
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    lines += ['', 'object = any of the classes. Objects rarely cover more than a few percent of '
+              'a road scene: a large mean or max share on a rig means the model paints walls, '
+              'ground or vegetation.']
     return '\n'.join(lines) + '\n'

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import math
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
+import warnings
 
 import numpy as np
 
@@ -78,13 +79,18 @@ def class_id(name: str, num_classes: int = len(SEMANTIC_CLASSES)) -> int:
     return names.index(key)
 
 
+#: Colours of the scored classes: car blue and person vermillion (Okabe-Ito), bike cyan. Of the
+#: Okabe-Ito colours plus cyan and magenta, the set whose smallest CIEDE2000 difference stays
+#: largest under simulated protan, deutan and tritan vision (test_labels checks it).
+SCORED_COLOURS = {CAR: (0, 114, 178), PERSON: (213, 94, 0), BIKE: (0, 255, 255)}
+
+
 def semantic_palette(n: int) -> np.ndarray:
-    """n x 3 uint8 colours of the first ``n`` semantic classes (MSRS colours, person red)."""
+    """n x 3 uint8 colours of the first ``n`` semantic classes (:data:`SCORED_COLOURS`, MSRS)."""
     pal = imaging.palette(max(n, 1)).copy()
-    if n > PERSON:
-        pal[CAR], pal[PERSON] = (0, 0, 230), (220, 20, 60)
-    if n > BIKE:
-        pal[BIKE] = (119, 11, 32)
+    for cid, colour in SCORED_COLOURS.items():
+        if n > cid:
+            pal[cid] = colour
     return pal
 
 
@@ -243,14 +249,20 @@ class BoxScorer:
     found_fraction: float = 0.2
     grow: int = 5
     counts: Dict[str, ClassCounts] = field(default_factory=dict)
+    #: One row per added image: per class (boxes, found, pred_pixels, pred_in_box).
+    per_image: List[List[Tuple[int, int, int, int]]] = field(default_factory=list)
 
     def __post_init__(self):
         self.ids = {c: class_id(c) for c in self.classes}
         self.counts = {c: ClassCounts() for c in self.classes}
+        self.per_image = []
 
     def add(self, pred: np.ndarray, boxes: Sequence[Box]) -> None:
         """Score one H x W class-id map against its boxes (YOLO-normalized to its size)."""
         height, width = pred.shape
+        before = {n: (c.boxes, c.found, c.pred_pixels, c.pred_in_box)
+                  for n, c in self.counts.items()}
+        row = []
         for name, cid in self.ids.items():
             cnt = self.counts[name]
             is_c = pred == cid
@@ -267,6 +279,9 @@ class BoxScorer:
                 grown[gy0:gy1, gx0:gx1] = True
             cnt.pred_pixels += int(is_c.sum())
             cnt.pred_in_box += int((is_c & grown).sum())
+            row.append((cnt.boxes - before[name][0], cnt.found - before[name][1],
+                        cnt.pred_pixels - before[name][2], cnt.pred_in_box - before[name][3]))
+        self.per_image.append(row)
 
     def result(self) -> Dict:
         """``{'classes': {name: {recall, precision, f1, boxes, found, ...}}, 'box_f1': x}``."""
@@ -275,7 +290,81 @@ class BoxScorer:
             per[name] = dict(cnt.scores(), boxes=cnt.boxes, found=cnt.found,
                              pred_pixels=cnt.pred_pixels, pred_in_box=cnt.pred_in_box)
         f1s = [v['f1'] for v in per.values() if not math.isnan(v['f1'])]
-        return {'classes': per, 'box_f1': float(np.mean(f1s)) if f1s else math.nan}
+        box_ci, class_ci = bootstrap_f1(self.per_image, len(self.classes))
+        for name, ci in zip(self.classes, class_ci):
+            per[name]['f1_ci'] = ci
+        return {'classes': per, 'box_f1': float(np.mean(f1s)) if f1s else math.nan,
+                'box_f1_ci': box_ci, 'n_images': len(self.per_image)}
+
+
+def f1_from_counts(counts: np.ndarray) -> np.ndarray:
+    """F1 of ``(..., 4)`` summed counts (boxes, found, pred, in_box), as ClassCounts.scores."""
+    boxes, found, pred, in_box = (counts[..., k].astype(np.float64) for k in range(4))
+    with np.errstate(invalid='ignore', divide='ignore'):
+        r = np.where(boxes > 0, found / np.maximum(boxes, 1), np.nan)
+        p = np.where(pred > 0, in_box / np.maximum(pred, 1), np.nan)
+        f1 = np.where((r > 0) & (p > 0), 2 * p * r / (p + r), 0.0)
+    return np.where((boxes == 0) & (pred == 0), np.nan, f1)
+
+
+def bootstrap_f1(per_image: Sequence, n_classes: int, n_boot: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> Tuple[Tuple[float, float], List[Tuple[float, float]]]:
+    """Percentile bootstrap interval of box-F1 and of each class's F1, resampling images.
+
+    ``per_image``: one row per image of per-class (boxes, found, pred_pixels, pred_in_box).
+    Counts are summed per resample exactly as for the point score (micro averages), so the
+    interval says how much the score rests on which images happened to be in the split.
+    Returns ``((lo, hi), [(lo, hi) per class])``; nan bounds without images.
+    """
+    if len(per_image) == 0:
+        return (math.nan, math.nan), [(math.nan, math.nan)] * n_classes
+    c = np.asarray(per_image, dtype=np.int64).reshape(len(per_image), n_classes, 4)
+    rng = np.random.default_rng(seed)
+    # How often each image is drawn in each resample: B x n, each row sums to n.
+    draws = rng.multinomial(len(c), np.full(len(c), 1.0 / len(c)), size=n_boot)
+    f1 = f1_from_counts(np.tensordot(draws, c, axes=(1, 0)))      # B x classes
+    with warnings.catch_warnings():  # a resample with no scored class: nan, no warning
+        warnings.simplefilter('ignore', RuntimeWarning)
+        box = np.nanmean(f1, axis=1)                               # B
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+
+    def bounds(x):
+        x = x[np.isfinite(x)]
+        if len(x) == 0:
+            return (math.nan, math.nan)
+        return tuple(float(v) for v in np.percentile(x, q))
+    return bounds(box), [bounds(f1[:, k]) for k in range(f1.shape[1])]
+
+
+@dataclass
+class MarkedShare:
+    """Share of each image's pixels marked as each class: a label-free check for other rigs.
+
+    A model that paints walls, ground or vegetation shows a large share on scenes whose objects
+    cover a few percent of the frame. ``object`` is the share marked as any of the classes.
+    """
+
+    classes: Sequence[str] = SCORED_CLASSES
+    shares: List[Dict[str, float]] = field(default_factory=list)
+
+    def add(self, pred: np.ndarray) -> Dict[str, float]:
+        """Add one H x W class-id map; returns its shares (0..1) per class and ``object``."""
+        ids = np.asarray(pred)
+        n = max(ids.size, 1)
+        row = {c: float((ids == class_id(c)).sum()) / n for c in self.classes}
+        row['object'] = float(np.isin(ids, [class_id(c) for c in self.classes]).sum()) / n
+        self.shares.append(row)
+        return row
+
+    def result(self) -> Dict[str, Dict[str, float]]:
+        """``{name: {'mean': x, 'max': y}}`` over the added images (nan without images)."""
+        out = {}
+        for name in list(self.classes) + ['object']:
+            v = np.asarray([r[name] for r in self.shares], dtype=np.float64)
+            out[name] = {'mean': float(v.mean()) if len(v) else math.nan,
+                         'max': float(v.max()) if len(v) else math.nan}
+        out['n_images'] = len(self.shares)
+        return out
 
 
 def map_pixel_labels(label: np.ndarray, source: str, num_classes: int) -> np.ndarray:

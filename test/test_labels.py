@@ -180,10 +180,16 @@ def test_eval_boxes_cli_hand_case_and_baseline(tmp_path):
     # person box (found, all inside); no car pixels (recall 0); the flat img2 marks nothing
     rule = doc['methods'][doc_rule_name(doc)]
     assert rule['classes']['person'] == {'recall': 1.0, 'precision': 1.0, 'f1': 1.0, 'boxes': 1,
-                                         'found': 1, 'pred_pixels': 200, 'pred_in_box': 200}
+                                         'found': 1, 'pred_pixels': 200, 'pred_in_box': 200,
+                                         'f1_ci': [1.0, 1.0]}
     assert rule['classes']['car']['f1'] == 0.0 and rule['box_f1'] == 0.5
     md = (tmp_path / 'out' / 'box_scores.md').read_text()
-    assert '| model | **0.477** |' in md and 'thermal rule' in md
+    assert '| model | **0.477** | 0.477–0.477 |' in md and 'thermal rule' in md
+    # marked share of the one scored image: person 570 px, car 50 px of 10000
+    share = model['marked_share']
+    assert share['person'] == {'mean': 0.057, 'max': 0.057}
+    assert share['object']['max'] == pytest.approx(0.062) and share['n_images'] == 1
+    assert '| model | 1 | 5.7 / 5.7 | 0.5 / 0.5 |' in md
 
 
 def doc_rule_name(doc):
@@ -212,3 +218,105 @@ def test_pixel_label_ids_map_to_semantic_ids():
     assert labels.map_pixel_labels(msrs, 'msrs', 9).tolist() == [[0, 1, 2, 3, 4, 8, 255]]
     fmb = np.array([[0, 1, 8, 9, 10, 13, 12, 14, 255]], np.uint8)
     assert labels.map_pixel_labels(fmb, 'fmb', 4).tolist() == [[0, 0, 2, 1, 1, 3, 3, 0, 255]]
+
+
+def _one_image(found: bool):
+    """A 100 x 100 map with one person box, found and precise (True) or missed (False)."""
+    pred = np.zeros((100, 100), np.uint8)
+    if found:
+        pred[40:60, 20:30] = labels.PERSON
+    return pred, [labels.Box(labels.PERSON, 0.25, 0.5, 0.1, 0.2)]
+
+
+def test_bootstrap_interval_known_answer():
+    # two images, one found (F1 1) and one missed: resamples {A, A} F1 1, {A, B} 2/3, {B, B} 0
+    # with probabilities 1/4, 1/2, 1/4, so the 95 % percentile interval is exactly 0..1
+    s = labels.BoxScorer(classes=('person',))
+    for found in (True, False):
+        s.add(*_one_image(found))
+    r = s.result()
+    assert r['box_f1'] == pytest.approx(2 / 3) and r['n_images'] == 2
+    assert r['box_f1_ci'] == (0.0, 1.0) and r['classes']['person']['f1_ci'] == (0.0, 1.0)
+    # the same image 25 times: every resample is that image, the interval is the point
+    s = labels.BoxScorer(classes=('person',))
+    for _ in range(25):
+        s.add(*_one_image(True))
+    assert s.result()['box_f1_ci'] == (1.0, 1.0)
+    # a 40-image mix narrows round the point estimate, and the seed makes it repeatable
+    s = labels.BoxScorer(classes=('person',))
+    for i in range(40):
+        s.add(*_one_image(i % 4 != 0))
+    lo, hi = s.result()['box_f1_ci']
+    point = s.result()['box_f1']
+    assert 0.0 < lo < point < hi < 1.0 and hi - lo < 0.3
+    assert labels.bootstrap_f1(s.per_image, 1) == labels.bootstrap_f1(s.per_image, 1)
+    box, per_class = labels.bootstrap_f1([], 3)
+    assert all(math.isnan(v) for v in box) and len(per_class) == 3
+
+
+def test_vectorized_f1_agrees_with_class_counts():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        boxes, pred = rng.integers(0, 4, size=2)
+        found, in_box = rng.integers(0, boxes + 1), rng.integers(0, pred + 1)
+        want = labels.ClassCounts(boxes, found, pred, in_box).scores()['f1']
+        got = float(labels.f1_from_counts(np.array([boxes, found, pred, in_box])))
+        assert (math.isnan(want) and math.isnan(got)) or got == pytest.approx(want)
+
+
+def test_marked_share_hand_case():
+    m = labels.MarkedShare()
+    ids = np.zeros((10, 10), np.uint8)
+    ids[:2] = labels.CAR                                   # 20 %
+    ids[5, :5] = labels.BIKE                               # 5 %
+    assert m.add(ids) == {'person': 0.0, 'car': 0.2, 'bike': 0.05, 'object': 0.25}
+    m.add(np.zeros((4, 4), np.uint8))
+    r = m.result()
+    assert r['car'] == {'mean': 0.1, 'max': 0.2} and r['object']['mean'] == 0.125
+    assert r['n_images'] == 2 and math.isnan(labels.MarkedShare().result()['car']['mean'])
+
+
+def test_eval_marked_cli_and_errors(tmp_path, capsys):
+    ids = np.zeros((10, 10), np.uint8)
+    ids[:3] = labels.PERSON
+    imaging.write_image(tmp_path / 'a' / 'x.png', ids)
+    imaging.write_image(tmp_path / 'a' / 'y.png', np.zeros((10, 10), np.uint8))
+    rc = eval_main(['marked', '--pred', str(tmp_path / 'a'), '--name', 'm',
+                    '--out', str(tmp_path / 'out'), '--quiet'])
+    assert rc == 0
+    doc = json.loads((tmp_path / 'out' / 'marked_share.json').read_text())
+    assert doc['methods']['m']['person'] == {'mean': 0.15, 'max': 0.3}
+    assert '| m | 2 | 15.0 / 30.0 |' in (tmp_path / 'out' / 'marked_share.md').read_text()
+    capsys.readouterr()
+    rc = eval_main(['marked', '--pred', str(tmp_path / 'nope'), '--out', str(tmp_path / 'o')])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count('\n') == 0 and 'prediction (--pred) folder not found' in err
+    rc = eval_main(['marked', '--pred', str(tmp_path / 'a'), '--classes', 'tree',
+                    '--out', str(tmp_path / 'o')])
+    assert rc == 2 and "unknown class 'tree'" in capsys.readouterr().err
+
+
+# Machado, Oliveira and Fernandes (2009), severity 1: linear-RGB simulation of colour vision.
+CVD = {
+    'protan': [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216],
+               [-0.003882, -0.048116, 1.051998]],
+    'deutan': [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413],
+               [-0.011820, 0.042940, 0.968881]],
+    'tritan': [[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602],
+               [0.004733, 0.691367, 0.303900]],
+}
+
+
+def test_scored_class_colours_stay_apart_for_colour_blind_readers():
+    from skimage.color import deltaE_ciede2000, rgb2lab
+    pal = labels.semantic_palette(4)[[labels.CAR, labels.PERSON, labels.BIKE]] / 255.0
+    lin = np.where(pal <= 0.04045, pal / 12.92, ((pal + 0.055) / 1.055) ** 2.4)
+    worst = np.inf
+    for m in [np.eye(3)] + [np.asarray(v) for v in CVD.values()]:
+        sim = np.clip(lin @ m.T, 0, 1)
+        srgb = np.where(sim <= 0.0031308, 12.92 * sim, 1.055 * sim ** (1 / 2.4) - 0.055)
+        lab = rgb2lab(srgb[None])[0]
+        worst = min(worst, min(deltaE_ciede2000(lab[i], lab[j])
+                               for i, j in ((0, 1), (0, 2), (1, 2))))
+    # 30 CIEDE2000 units: unmistakable side by side (the old red / dark-red pair had 14.6)
+    assert worst > 30
