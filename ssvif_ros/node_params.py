@@ -124,6 +124,12 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec('publish_camera_info', False, 'Republish `rgb/camera_info` as '
               '`fused/camera_info`', read_only=True, values='bool',
               comment='republish rgb/camera_info as fused/camera_info'),
+    ParamSpec('alignment_check_every', 0, 'Score the alignment of every N-th registered pair '
+              'in /diagnostics (`alignment_score`, see "Calibrating your rig"); 0 = off',
+              0, 100000, comment='alignment score every N pairs in /diagnostics; 0 = off'),
+    ParamSpec('alignment_warn_below', 0.1, '/diagnostics WARN when the alignment score is '
+              'below this (ssvif-register suggests a value for your rig)', -1.0, 1.0,
+              comment='WARN below this alignment score (ssvif-register suggests one)'),
 )
 PARAM_NAMES = tuple(p.name for p in PARAMETERS)
 SPECS = {p.name: p for p in PARAMETERS}
@@ -162,6 +168,8 @@ class FusionConfig:
     overlay_alpha: float
     publish_color: bool
     publish_camera_info: bool
+    alignment_check_every: int = 0
+    alignment_warn_below: float = 0.1
 
 
 def _choice(values: Dict[str, Any], name: str, choices: Sequence[str]) -> str:
@@ -278,7 +286,9 @@ def make_config(values: Dict[str, Any],
         homography_identity=identity, size_mismatch=size_mismatch,
         output_size=parse_output_size(values['output_size']),
         overlay_alpha=float(values['overlay_alpha']), publish_color=bool(values['publish_color']),
-        publish_camera_info=bool(values['publish_camera_info']))
+        publish_camera_info=bool(values['publish_camera_info']),
+        alignment_check_every=int(values['alignment_check_every']),
+        alignment_warn_below=float(values['alignment_warn_below']))
 
 
 def model_path(model: str, backend: str) -> Optional[str]:
