@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 import subprocess
 import sys
-import time
 
 import cv2
 import numpy as np
@@ -218,3 +217,18 @@ def test_cli_bad_input_exits_2(tmp_path, roadscene):
                    'do not agree')
     assert not (out / 'registration.yaml').exists()  # no wrong matrix written
     one_line_error(register('--vi', unrelated / 'vi'), '--ir')
+
+
+def test_alignment_status_warns_below_threshold_and_keeps_errors():
+    from ssvif_ros.node_stats import alignment_status, ERROR, OK, WARN
+    snap = {'alignment': 0.12, 'alignment_checks': 3}
+    level, msg, values = alignment_status(OK, 'fusing at 10.0 Hz', [], snap, 0.2)
+    assert level == WARN and '0.120 < 0.2' in msg
+    assert dict(values) == {'alignment_score': '0.120', 'alignment_checks': '3'}
+    assert alignment_status(OK, 'fine', [], snap, 0.1)[0] == OK
+    assert alignment_status(ERROR, 'worker died', [], snap, 0.2)[:2] == (ERROR, 'worker died')
+    off = alignment_status(OK, 'fine', [('a', 'b')], {'alignment': None, 'alignment_checks': 0},
+                           0.2)
+    assert off == (OK, 'fine', [('a', 'b')])  # check off: nothing added
+    none = alignment_status(OK, 'fine', [], {'alignment': None, 'alignment_checks': 1}, 0.2)
+    assert none[0] == OK and dict(none[2])['alignment_score'] == 'n/a'
