@@ -341,8 +341,10 @@ class FusionNode(LifecycleNode):
         level, message, values = diagnostic_status(
             snap, prev, now - then, pstats, info, self._active, why if dead else None,
             self._last_error)
+        cfg = self._config
         level, message, values = alignment_status(level, message, values, snap,
-                                                  self._config.alignment_warn_below)
+                                                  cfg.alignment_check_every,
+                                                  cfg.alignment_warn_below)
         status = DiagnosticStatus(level=bytes([level]),
                                   name=f'{self.get_fully_qualified_name()}: fusion',
                                   message=message, hardware_id=self._backend.describe(),

@@ -131,14 +131,15 @@ def diagnostic_status(snap: Dict[str, Any], prev: Dict[str, Any], dt: float,
 
 
 def alignment_status(level: int, message: str, values: List[Tuple[str, str]],
-                     snap: Dict[str, Any], warn_below: float
+                     snap: Dict[str, Any], check_every: int, warn_below: float
                      ) -> Tuple[int, str, List[Tuple[str, str]]]:
     """:func:`diagnostic_status` with the alignment check added (``alignment_check_every``).
 
-    Adds ``alignment_score`` (``n/a`` while no checked pair held structure) and
-    ``alignment_checks``; an OK status becomes WARN when the score is below ``warn_below``.
+    With the check on and a pair checked, adds ``alignment_score`` (``n/a`` when the last
+    checked pair held too little structure) and ``alignment_checks``; an OK status becomes
+    WARN when the score is below ``warn_below``.
     """
-    if not snap.get('alignment_checks'):
+    if not check_every or not snap.get('alignment_checks'):
         return level, message, values
     score = snap['alignment']
     values = values + [('alignment_score', 'n/a' if score is None else f'{score:.3f}'),

@@ -150,7 +150,10 @@ class FusionWorker:
         every = cfg.alignment_check_every
         self._registered += 1
         if every and (self._registered - 1) % every == 0:
-            self._stats.set_alignment(alignment_score(vis, ir, rgb_msg, thermal_msg, cfg))
+            try:
+                self._stats.set_alignment(alignment_score(vis, ir, rgb_msg, thermal_msg, cfg))
+            except Exception as exc:  # noqa: BLE001 - the pair is out; report, go on
+                self._fail('worker_error', exc)
 
 
 def alignment_score(vis, ir, rgb_msg, thermal_msg, cfg) -> Optional[float]:

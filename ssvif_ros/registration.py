@@ -23,8 +23,9 @@ outlines, road borders, poles), so both frames are turned into gradient-magnitud
 Models: ``homography`` (8 degrees of freedom), ``affine`` (6), ``similarity`` (4: shift,
 rotation, scale), ``translation`` (2). ``auto`` (default) takes the simplest of similarity,
 affine and homography that the matches support: a model with more degrees of freedom only when
-it explains clearly more matches and its inliers cover a quarter of the frame; otherwise its
-extra terms would be fitted to the noise of cross-spectral edge matches.
+it explains clearly more matches, its inliers cover a quarter of the frame and fits on random
+halves of the matches agree on the frame corners; otherwise its extra terms would be fitted
+to the noise of cross-spectral edge matches.
 
 :func:`alignment_score`: normalized cross-correlation of the two gradient-magnitude images at
 160 pixels wide, in [-1, 1]; higher is better aligned. Its value depends on the scene (about
@@ -49,6 +50,8 @@ MIN_STRUCTURE = 0.01
 MIN_COVERAGE = 0.25
 # ... and only when it explains this many times the inliers of the simpler model.
 MORE_INLIERS = 1.05
+# ... and only when fits on random halves of the matches agree on the corners within this [px].
+STABLE_PX = 5.0
 BLUR = 1.0
 
 
@@ -271,17 +274,33 @@ def _select(src: np.ndarray, dst: np.ndarray, thresh: float, size: Tuple[int, in
     """``auto``: the simplest model the matches support (similarity, affine, homography).
 
     A model with more degrees of freedom is taken only when it explains clearly more matches
-    (:data:`MORE_INLIERS`) and its inliers cover :data:`MIN_COVERAGE` of the frame; otherwise
-    its extra terms would be fitted to the noise of the matches.
+    (:data:`MORE_INLIERS`), its inliers cover :data:`MIN_COVERAGE` of the frame and the matches
+    pin it down: fitted on random halves of the matches, it moves the frame corners by less
+    than :data:`STABLE_PX` (otherwise its extra terms are fitted to the noise of the matches).
     """
     best = ('similarity',) + _fit(src, dst, 'similarity', thresh)
     for name in ('affine', 'homography'):
         hm, inl = _fit(src, dst, name, thresh)
         n, n_best = int(inl.sum()), int(best[2].sum())
         if hm is not None and n >= n_best * MORE_INLIERS + 3 and \
-                _coverage(dst[inl], size) >= MIN_COVERAGE:
+                _coverage(dst[inl], size) >= MIN_COVERAGE and \
+                _instability(src, dst, name, hm, thresh, size) < STABLE_PX:
             best = (name, hm, inl)
     return best
+
+
+def _instability(src: np.ndarray, dst: np.ndarray, model: str, hm: np.ndarray,
+                 thresh: float, size: Tuple[int, int], rounds: int = 10) -> float:
+    """RMS corner error [px] between ``hm`` and ``model`` fitted (RANSAC) on random halves."""
+    rng = np.random.default_rng(0)
+    errs = []
+    for _ in range(rounds):
+        pick = rng.choice(len(src), size=len(src) // 2, replace=False)
+        h2, _ = _fit(src[pick], dst[pick], model, thresh)
+        if h2 is None or not np.all(np.isfinite(h2)):
+            return float('inf')
+        errs.append(corner_error(h2, hm, size))
+    return float(np.sqrt(np.mean(np.square(errs))))
 
 
 def _apply(hm: np.ndarray, pts: np.ndarray) -> np.ndarray:

@@ -1,9 +1,10 @@
 """Rig registration with known answers: real thermal frames warped by known homographies.
 
 RoadScene and MSRS pairs are registered already, but not perfectly: estimated on the unwarped
-pairs the result is a few pixels from the identity (the datasets' own registration). A thermal
+pairs the result is some pixels from the identity (the datasets' own registration). A thermal
 frame warped by a known H must then give that base estimate followed by H; the error is the
-mean distance of the four RGB corners (640x480) mapped back through both.
+mean distance of the four RGB corners (640x480) mapped back through both. RoadScene: within
+2 px (measured 0.4 to 1.7 px); MSRS: within 5 px (see MSRS_TOL_PX).
 """
 import os
 from pathlib import Path
@@ -85,6 +86,34 @@ def test_recovers_known_homography(roadscene, base, case):
     # the estimate aligns the edges better than the unregistered pair, frame by frame
     better = [f.score_after > f.score_before for f in reg.used]
     assert np.mean(better) >= 0.9
+
+
+@pytest.fixture(scope='module')
+def msrs_day():
+    """24 MSRS day pairs (every 4th), 640x480."""
+    from conftest import MSRS, need
+    pairs = list_pairs(need(MSRS, 'MSRS sample data') / 'train')
+    return _load([p for p in pairs if p[0].stem.endswith('D')][::4][:24])
+
+
+# MSRS pairs are further from a homography apart than RoadScene's (estimated on the unwarped
+# pairs: an affine map about 10 px from the identity at the corners; lens distortion is not
+# modelled), and their visible frames have less contrast: measured 2.5 to 4.5 px.
+MSRS_TOL_PX = 5.0
+
+
+@pytest.fixture(scope='module')
+def msrs_base(msrs_day):
+    return estimate(msrs_day)
+
+
+@pytest.mark.parametrize('case', ['translation', 'perspective'])
+def test_recovers_known_homography_msrs(msrs_day, msrs_base, case):
+    base = msrs_base
+    h_true = CASES[case]
+    reg = estimate(warp_thermal(msrs_day, h_true))
+    err = corner_error(reg.homography, base.homography @ h_true, SIZE)
+    assert err <= MSRS_TOL_PX, f'{case}: mean corner error {err:.2f} px ({reg.model})'
 
 
 def test_models_translation_and_homography_are_fitted_as_asked(roadscene, base):
@@ -222,13 +251,15 @@ def test_cli_bad_input_exits_2(tmp_path, roadscene):
 def test_alignment_status_warns_below_threshold_and_keeps_errors():
     from ssvif_ros.node_stats import alignment_status, ERROR, OK, WARN
     snap = {'alignment': 0.12, 'alignment_checks': 3}
-    level, msg, values = alignment_status(OK, 'fusing at 10.0 Hz', [], snap, 0.2)
+    level, msg, values = alignment_status(OK, 'fusing at 10.0 Hz', [], snap, 1, 0.2)
     assert level == WARN and '0.120 < 0.2' in msg
     assert dict(values) == {'alignment_score': '0.120', 'alignment_checks': '3'}
-    assert alignment_status(OK, 'fine', [], snap, 0.1)[0] == OK
-    assert alignment_status(ERROR, 'worker died', [], snap, 0.2)[:2] == (ERROR, 'worker died')
-    off = alignment_status(OK, 'fine', [('a', 'b')], {'alignment': None, 'alignment_checks': 0},
-                           0.2)
-    assert off == (OK, 'fine', [('a', 'b')])  # check off: nothing added
-    none = alignment_status(OK, 'fine', [], {'alignment': None, 'alignment_checks': 1}, 0.2)
+    assert alignment_status(OK, 'fine', [], snap, 1, 0.1)[0] == OK
+    assert alignment_status(ERROR, 'worker died', [], snap, 1, 0.2)[:2] == (ERROR, 'worker died')
+    none_yet = alignment_status(OK, 'fine', [('a', 'b')], {'alignment': None,
+                                                           'alignment_checks': 0}, 1, 0.2)
+    assert none_yet == (OK, 'fine', [('a', 'b')])  # nothing checked yet: nothing added
+    # turned off at run time: the last score is neither shown nor warned about
+    assert alignment_status(OK, 'fine', [], snap, 0, 0.2) == (OK, 'fine', [])
+    none = alignment_status(OK, 'fine', [], {'alignment': None, 'alignment_checks': 1}, 1, 0.2)
     assert none[0] == OK and dict(none[2])['alignment_score'] == 'n/a'
