@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _checked_run(args) -> int:
+    if not 0.0 <= args.slop <= 1.0:
+        raise BagError(f'--slop must be within 0 .. 1 s, got {args.slop}')
     if args.bag:
         if args.vi or args.ir:
             raise BagError('give either --bag or --vi/--ir, not both')

@@ -116,6 +116,16 @@ def test_recovers_known_homography_msrs(msrs_day, msrs_base, case):
     assert err <= MSRS_TOL_PX, f'{case}: mean corner error {err:.2f} px ({reg.model})'
 
 
+def test_thermal_camera_of_another_resolution(roadscene, base):
+    # a 320x256 thermal camera beside a 640x480 RGB one: the result maps thermal pixels
+    h_true = CASES['rotation']
+    pairs = [(v, cv2.resize(t, (320, 256), interpolation=cv2.INTER_AREA))
+             for v, t in warp_thermal(roadscene, h_true)]
+    reg = estimate(pairs)
+    to_thermal = np.diag([SIZE[0] / 320, SIZE[1] / 256, 1.0])  # thermal px -> 640x480
+    assert corner_error(reg.homography, base.homography @ h_true @ to_thermal, SIZE) <= TOL_PX
+
+
 def test_models_translation_and_homography_are_fitted_as_asked(roadscene, base):
     h_true = CASES['translation']
     reg = estimate(warp_thermal(roadscene[:12], h_true), model='translation')
@@ -227,6 +237,18 @@ def test_cli_bag_input(tmp_path, roadscene, base):
     bad = register('--bag', bag, '--rgb-topic', '/camera/color', '--thermal-topic',
                    '/thermal/image_raw', '--out', tmp_path / 'out2')
     one_line_error(bad, "'/camera/color' is not in the bag", '/rgb/image_raw')
+    # thermal stamps 0.5 s after the RGB ones: no pair within --slop
+    late = tmp_path / 'late_bag'
+    made = subprocess.run([sys.executable, '-m', 'ssvif_ros.bag_cli', 'make', '--vi',
+                           rig / 'vi', '--ir', rig / 'ir', '--out', late, '--quiet', '--count',
+                           '4', '--offset-ms', '500', '--start-time', '1700000000'],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert made.returncode == 0, made.stderr
+    one_line_error(register('--bag', late, '--rgb-topic', '/rgb/image_raw', '--thermal-topic',
+                            '/thermal/image_raw', '--out', tmp_path / 'out3'),
+                   'no usable RGB/thermal pair', '--slop')
+    one_line_error(register('--bag', late, '--rgb-topic', '/rgb/image_raw', '--thermal-topic',
+                            '/thermal/image_raw', '--slop', '-1'), '--slop')
 
 
 def test_cli_bad_input_exits_2(tmp_path, roadscene):
