@@ -197,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--max-frames', type=_positive_int, default=40,
                     help='use at most this many pairs (default 40)')
     ap.add_argument('--model', choices=registration.MODELS, default='auto',
-                    help='auto (homography, or similarity when the matches cover too little '
-                    'of the frame), homography, affine, similarity, translation')
+                    help='auto (default: the simplest of similarity, affine, homography that '
+                    'the matches pin down) or one model to fit')
     ap.add_argument('--out', default='.', help=f'folder for {PARAMS_NAME} and {PICTURE_NAME}')
     ap.add_argument('--quiet', action='store_true', help='no progress bar')
     return ap

@@ -52,6 +52,7 @@ MIN_COVERAGE = 0.25
 MORE_INLIERS = 1.05
 # ... and only when fits on random halves of the matches agree on the corners within this [px].
 STABLE_PX = 5.0
+# Gaussian blur [px at the working size] before the gradient: less sensor noise in the edges.
 BLUR = 1.0
 
 
@@ -339,11 +340,11 @@ def estimate(pairs: Sequence[Tuple[np.ndarray, np.ndarray]], model: str = 'auto'
 
     Edge images of each pair are matched patch by patch (:func:`_patch_matches`) around the
     current estimate (first: the thermal frame resized to the RGB frame, shifted by phase
-    correlation), the matches of all frames pooled and the model fitted by RANSAC; three
-    rounds with a shrinking search radius. ``model``: one of :data:`MODELS`; ``auto`` fits a
-    homography when the inliers cover at least a quarter of the frame, else a similarity
-    (shift, rotation, scale). ``progress``: called once per frame and round. Raises
-    RegistrationError saying why when the pairs do not determine a registration.
+    correlation), the matches of all frames pooled and the model fitted by RANSAC; four
+    rounds with a shrinking search radius. ``model``: one of :data:`MODELS` (``auto``: see
+    :func:`_select`). The RGB frame is worked on at most 640 pixels wide. ``progress``: called
+    once per frame and round. Raises RegistrationError saying why when the pairs do not
+    determine a registration.
     """
     import cv2
     if model not in MODELS:
@@ -361,6 +362,9 @@ def estimate(pairs: Sequence[Tuple[np.ndarray, np.ndarray]], model: str = 'auto'
     # Work at most 640 wide (the RGB frame); s maps full RGB pixels to working pixels.
     s = min(1.0, 640.0 / rgb_size[0])
     ws = (int(round(rgb_size[0] * s)), int(round(rgb_size[1] * s)))
+    if min(ws) < patch + 2 * radius:
+        raise RegistrationError(f'RGB frames of {rgb_size[0]}x{rgb_size[1]} are too small to '
+                                f'register (at least {patch + 2 * radius} pixels a side)')
     edges, frames = [], []
     init = _scale(s) @ _initial(rgb_size, th_size)  # thermal full px -> working RGB px
     for i, (v, t) in enumerate(pairs):
