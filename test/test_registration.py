@@ -218,6 +218,9 @@ def test_cli_folders_print_matrix_scores_snippet_and_picture(tmp_path, roadscene
     assert all(isinstance(v, float) for v in params['thermal_homography'])  # ROS doubles
     pic = imaging.read_image(tmp_path / 'out' / 'registration.png')
     assert pic.shape == (SIZE[1], 2 * SIZE[0], 3)
+    # RGB edges green, thermal edges magenta: more pixels hold both after (right) than before
+    both = (pic[:, :, 1] > 100) & (pic[:, :, 0] > 100)  # H x 2W
+    assert both[:, SIZE[0]:].mean() > 1.2 * both[:, :SIZE[0]].mean()
 
 
 def test_cli_bag_input(tmp_path, roadscene, base):
