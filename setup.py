@@ -35,6 +35,7 @@ setup(
             'ssvif-fuse = ssvif_ros.fuse_cli:main',
             'ssvif-bag = ssvif_ros.bag_cli:main',
             'ssvif-bag-extract = ssvif_ros.bag_extract:main',
+            'ssvif-register = ssvif_ros.register_cli:main',
             'fusion_node = ssvif_ros.fusion_node:main',
             'pair_publisher = ssvif_ros.tools.pair_publisher:main',
             'fused_recorder = ssvif_ros.tools.fused_recorder:main',

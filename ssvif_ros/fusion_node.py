@@ -49,7 +49,7 @@ from ssvif_ros import frames, imaging, ros_image, runtime
 from ssvif_ros.backends import BackendError, create_backend
 from ssvif_ros.node_params import (make_config, model_path, NODE_NAME, PARAM_NAMES, PARAMETERS,
                                    REFERENCE_SIZE, StartupError)
-from ssvif_ros.node_stats import diagnostic_status, NodeStats
+from ssvif_ros.node_stats import alignment_status, diagnostic_status, NodeStats
 from ssvif_ros.node_worker import FusionWorker
 from ssvif_ros.pairing import ApproxTimePairer
 
@@ -357,6 +357,10 @@ class FusionNode(LifecycleNode):
         level, message, values = diagnostic_status(
             snap, prev, now - then, pstats, info, self._active, why if dead else None,
             self._last_error)
+        cfg = self._config
+        level, message, values = alignment_status(level, message, values, snap,
+                                                  cfg.alignment_check_every,
+                                                  cfg.alignment_warn_below)
         status = DiagnosticStatus(level=bytes([level]),
                                   name=f'{self.get_fully_qualified_name()}: fusion',
                                   message=message, hardware_id=self._backend.describe(),

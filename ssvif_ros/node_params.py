@@ -131,6 +131,12 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               '(width x height, from the message header) are dropped on arrival, before pairing '
               'or decoding (`<stream>.too_large`)', 1, MAX_OUTPUT_PIXELS,
               comment='larger frames (w x h) dropped on arrival; 4K: 8294400'),
+    ParamSpec('alignment_check_every', 0, 'Score the alignment of every N-th registered pair '
+              'in /diagnostics (`alignment_score`, see "Calibrating your rig"); 0 = off',
+              0, 100000, comment='alignment score every N pairs in /diagnostics; 0 = off'),
+    ParamSpec('alignment_warn_below', 0.1, '/diagnostics WARN when the alignment score is '
+              'below this (ssvif-register suggests a value for your rig)', -1.0, 1.0,
+              comment='WARN below this alignment score (ssvif-register suggests one)'),
 )
 PARAM_NAMES = tuple(p.name for p in PARAMETERS)
 SPECS = {p.name: p for p in PARAMETERS}
@@ -170,6 +176,8 @@ class FusionConfig:
     publish_color: bool
     publish_camera_info: bool
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+    alignment_check_every: int = 0
+    alignment_warn_below: float = 0.1
 
 
 def _choice(values: Dict[str, Any], name: str, choices: Sequence[str]) -> str:
@@ -290,7 +298,9 @@ def make_config(values: Dict[str, Any],
         output_size=parse_output_size(values['output_size']),
         overlay_alpha=float(values['overlay_alpha']), publish_color=bool(values['publish_color']),
         publish_camera_info=bool(values['publish_camera_info']),
-        max_input_pixels=int(values['max_input_pixels']))
+        max_input_pixels=int(values['max_input_pixels']),
+        alignment_check_every=int(values['alignment_check_every']),
+        alignment_warn_below=float(values['alignment_warn_below']))
 
 
 def model_path(model: str, backend: str) -> Optional[str]:

@@ -33,6 +33,9 @@ class NodeStats:
         self.drops: Dict[str, int] = collections.Counter()
         # Per processed pair, the time of each of STAGES [ms].
         self.times = {k: collections.deque(maxlen=samples) for k in STAGES}
+        # Latest alignment score (alignment_check_every), None: no structure; and how many.
+        self.alignment: Optional[float] = None
+        self.alignment_checks = 0
 
     def count_input(self, stream: int) -> None:
         """Count one received frame of ``stream``."""
@@ -56,12 +59,19 @@ class NodeStats:
             for k, v in stage_ms.items():
                 self.times[k].append(v)
 
+    def set_alignment(self, score: Optional[float]) -> None:
+        """Record the alignment score of the latest checked pair (None: no structure)."""
+        with self._lock:
+            self.alignment = score
+            self.alignment_checks += 1
+
     def snapshot(self) -> Dict[str, Any]:
         """Copy of all counters and per-stage time percentiles (``<stage>_ms_p50/p99``)."""
         with self._lock:
             times = {k: np.asarray(v, np.float64) for k, v in self.times.items()}
             snap = {'inputs': list(self.inputs), 'pairs': self.pairs,
-                    'processed': self.processed, 'drops': dict(self.drops)}
+                    'processed': self.processed, 'drops': dict(self.drops),
+                    'alignment': self.alignment, 'alignment_checks': self.alignment_checks}
         for key, arr in times.items():
             for q in (50, 99):
                 snap[f'{key}_ms_p{q}'] = float(np.percentile(arr, q)) if arr.size else float('nan')
@@ -119,3 +129,24 @@ def diagnostic_status(snap: Dict[str, Any], prev: Dict[str, Any], dt: float,
         **{f'drops.{k}': str(v) for k, v in sorted(drops.items())},
     }
     return level, message, list(values.items())
+
+
+def alignment_status(level: int, message: str, values: List[Tuple[str, str]],
+                     snap: Dict[str, Any], check_every: int, warn_below: float
+                     ) -> Tuple[int, str, List[Tuple[str, str]]]:
+    """:func:`diagnostic_status` with the alignment check added (``alignment_check_every``).
+
+    With the check on and a pair checked, adds ``alignment_score`` (``n/a`` when the last
+    checked pair held too little structure) and ``alignment_checks``; an OK status becomes
+    WARN when the score is below ``warn_below``.
+    """
+    if not check_every or not snap.get('alignment_checks'):
+        return level, message, values
+    score = snap['alignment']
+    values = values + [('alignment_score', 'n/a' if score is None else f'{score:.3f}'),
+                       ('alignment_checks', str(snap['alignment_checks']))]
+    if score is not None and score < warn_below and level == OK:
+        level, message = WARN, (f'thermal and RGB edges misaligned: alignment score '
+                                f'{score:.3f} < {warn_below} (camera moved? re-run '
+                                'ssvif-register)')
+    return level, message, values

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from ssvif_ros import frames
+from ssvif_ros import frames, registration
 from ssvif_ros.backends.base import OutputError
 from ssvif_ros.node_stats import NodeStats
 
@@ -88,6 +88,7 @@ class FusionWorker:
         self.death: Optional[BaseException] = None
         self._state, self._publish, self._drop, self._fail = state, publish, drop, fail
         self._stats = stats
+        self._registered = 0  # pairs registered, for alignment_check_every
         self._thread = threading.Thread(target=self._run, name='fusion_worker', daemon=True)
         self._thread.start()
 
@@ -150,3 +151,23 @@ class FusionWorker:
         self._stats.done(queue=(t0 - t_formed) * 1e3, decode=(t1 - t0) * 1e3,
                          inference=(t2 - t1) * 1e3, publish=(t3 - t2) * 1e3,
                          processing=(t3 - t0) * 1e3)
+        every = cfg.alignment_check_every
+        self._registered += 1
+        if every and (self._registered - 1) % every == 0:
+            try:
+                self._stats.set_alignment(alignment_score(vis, ir, rgb_msg, thermal_msg, cfg))
+            except Exception as exc:  # noqa: BLE001 - the pair is out; report, go on
+                self._fail('worker_error', exc)
+
+
+def alignment_score(vis, ir, rgb_msg, thermal_msg, cfg) -> Optional[float]:
+    """:func:`registration.alignment_score` of a registered pair, over the warped thermal area.
+
+    None when the pair holds too little structure to say.
+    """
+    mask = None
+    out = (vis.shape[1], vis.shape[0])
+    if not cfg.homography_identity:
+        hom = frames.output_homography(cfg.homography, (rgb_msg.width, rgb_msg.height), out)
+        mask = registration.valid_mask(tuple(hom), (thermal_msg.width, thermal_msg.height), out)
+    return registration.alignment_score(vis, ir, mask)

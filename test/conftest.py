@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = shared_data_dir()
 MSRS = DATA / 'msrs'
 VIFB = DATA / 'vifb'
+ROADSCENE = DATA / 'roadscene'
 PYTHON = sys.executable
 
 # A shell starts background jobs with SIGINT ignored, and children inherit an ignored signal
@@ -39,6 +40,12 @@ def msrs_dir() -> Path:
 def vifb_dir() -> Path:
     """The VIFB benchmark copy (../shared/data/vifb), or skip."""
     return need(VIFB, 'VIFB benchmark data')
+
+
+@pytest.fixture(scope='session')
+def roadscene_dir() -> Path:
+    """The RoadScene pairs (../shared/data/roadscene: vi/, ir/), or skip."""
+    return need(ROADSCENE, 'RoadScene data')
 
 
 @pytest.fixture
