@@ -4,10 +4,10 @@ Resume on CUDA: with ``train.deterministic`` a fusion-only run (the light CNN, n
 resumes bit for bit, and no op warns that it lacks a deterministic kernel. The full SSVIF set-up
 (H + SegFormer + CSC) cannot be bit-exact on CUDA: the backward of bilinear upsampling (the
 SegFormer decoder, the CSC logits) has no deterministic CUDA kernel, so its resume is held to a
-tolerance: validation L_fusion and GDWA's loss history within 1e-3 relative, the weights within
-1e-3 of their scale (float rounding grows over the steps; a wrong resume, other crops or a lost
-optimizer state, moves them by the order of the learning rate times the steps, 1e-4 .. 1e-3
-absolute, and L_fusion by percents).
+tolerance of 1e-3 relative on validation L_fusion, GDWA's loss history and the weights (to
+their scale). A wrong resume is far outside it: resuming the same CPU set-up with another
+shuffle (data.seed) moved validation L_fusion by 9 %, the history by 6 % and the weights by
+3e-3 of their scale.
 """
 import json
 import math
