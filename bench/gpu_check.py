@@ -133,12 +133,22 @@ def train_speed(ck: Check, env, device: str, tmp: Path):
     out = tmp / 'train_speed.json'
     got = ck.run('training steps/s', [PY, 'bench/train_throughput.py', '--device', device,
                                       '--json', out, *sizes], 120, env)
+    if not got:
+        return
+    data = json.loads(out.read_text())
+    for row in data['rows']:
+        ck.add(f'train {row["setup"]}', 'ok', f'{row["steps_per_s"]:.2f} steps/s '
+               f'(batch {data["batch"]}, {data["crop"]}px, {data["device"]})',
+               got[2] / len(data['rows']))
+    # the cost of train.deterministic on the paper's set-up (B3)
+    base = data['rows'][-1]['steps_per_s']
+    got = ck.run('training steps/s deterministic', [
+        PY, 'bench/train_throughput.py', '--device', device, '--json', out, '--setups', '3',
+        '--set', 'train.deterministic=true', *sizes], 60, env)
     if got:
-        data = json.loads(out.read_text())
-        for row in data['rows']:
-            ck.add(f'train {row["setup"]}', 'ok', f'{row["steps_per_s"]:.2f} steps/s '
-                   f'(batch {data["batch"]}, {data["crop"]}px, {data["device"]})',
-                   got[2] / len(data['rows']))
+        sps = json.loads(out.read_text())['rows'][0]['steps_per_s']
+        ck.add(f'train {data["rows"][-1]["setup"]}, train.deterministic', 'ok',
+               f'{sps:.2f} steps/s, {sps / base:.2f}x the default', got[2])
 
 
 def recipe(ck: Check, env, device: str, tmp: Path, name: str, config: str, data: Path):

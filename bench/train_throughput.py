@@ -10,7 +10,7 @@ random pairs is written to a temporary folder. Compare numbers across changes as
 row 1 of the same run, never as absolute times.
 
     .venv/bin/python bench/train_throughput.py [--steps 5] [--threads 2] [--model seafusion]
-        [--device auto|cpu|cuda[:N]] [--json F]
+        [--device auto|cpu|cuda[:N]] [--setups 1,2,3] [--set train.deterministic=true] [--json F]
 
 The table's header names the device the trainer really used (``train.device``; on CUDA with
 ``train.amp``, fp16 autocast + GradScaler); a device that is not there is a one-line error.
@@ -87,6 +87,9 @@ def main(argv=None) -> int:
     ap.add_argument('--crop', type=int, default=160)
     ap.add_argument('--device', default='auto', help='train.device: auto | cpu | cuda[:N]')
     ap.add_argument('--json', default=None, help='also write the rows to this JSON file')
+    ap.add_argument('--setups', default='1,2,3', help='which set-ups to run (1-based)')
+    ap.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
+                    help='extra config override for every set-up (repeatable)')
     args = ap.parse_args(argv)
     import torch
     from ssvif_train.checkpoints import TrainingError
@@ -98,10 +101,17 @@ def main(argv=None) -> int:
         print(f'train_throughput: error: {exc}', file=sys.stderr)
         return 2
     common = [f'model.name={args.model}', f'train.batch_size={args.batch}',
-              f'data.crop={args.crop}', 'data.val_fraction=0', f'train.device={args.device}']
+              f'data.crop={args.crop}', 'data.val_fraction=0', f'train.device={args.device}',
+              *args.overrides]
     setups = [('light CNN alone', ['train.csc=false'], 1),
               ('light CNN + H + SegFormer-B0', ['model.segformer=b0'], 2),
               ('light CNN + H + SegFormer-B3', ['model.segformer=b3'], 2)]
+    try:
+        setups = [setups[int(i) - 1] for i in args.setups.split(',')]
+    except (ValueError, IndexError):
+        print(f'train_throughput: error: --setups takes numbers 1..3, got {args.setups!r}',
+              file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
         root = data_root(tmp)
         rows = []
@@ -112,9 +122,10 @@ def main(argv=None) -> int:
             rows.append((name, sps))
             print(f'  {name:32s} {sps:7.3f} steps/s', flush=True)
     base = rows[0][1]
+    extra = f', {" ".join(args.overrides)}' if args.overrides else ''
     print(f'\n{used}, batch {args.batch}, {args.crop}x{args.crop} crops, '
-          f'{args.steps} timed steps, torch {torch.__version__}')
-    print('| set-up | steps/s | samples/s | ratio to light CNN |')
+          f'{args.steps} timed steps, torch {torch.__version__}{extra}')
+    print(f'| set-up | steps/s | samples/s | ratio to {rows[0][0]} |')
     print('|---|---|---|---|')
     for name, sps in rows:
         print(f'| {name} | {sps:.3f} | {sps * args.batch:.2f} | {sps / base:.3f} |')

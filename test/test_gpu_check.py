@@ -37,6 +37,8 @@ def test_gpu_check_dry_run_prints_one_table_with_gpu_rows_skipped(msrs_dir, tmp_
                   'light CNN + H + SegFormer-B3'):
         status, result, _ = rows[f'train {setup}']
         assert status == 'ok' and 'steps/s' in result and 'CPU' in result
+    status, result, _ = rows['train light CNN + H + SegFormer-B3, train.deterministic']
+    assert status == 'ok' and 'x the default' in result
     for name in ('paper (seafusion_ssvif.yaml)', 'default (rtfusion_semantic_frames.yaml)'):
         status, result, _ = rows[f'recipe {name}']
         assert status == 'ok' and 'steps.csv finite' in result and 'ONNX parity' in result
