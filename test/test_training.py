@@ -104,6 +104,29 @@ def test_resume_continues_exactly(msrs_subset, tmp_path):
     assert len(read_csv(tmp_path / 'b' / 'epochs.csv')) == 3
 
 
+def test_deterministic_mode_is_set_and_changes_nothing_on_cpu(msrs_subset, tmp_path):
+    """train.deterministic switches torch's deterministic kernels on (and the next run off).
+
+    CPU kernels are deterministic already, so the weights are the same with and without it.
+    """
+    data = msrs_subset(4)
+    common = tiny_args(data, 'train.two_stage=false', 'train.device=cpu', 'train.epochs=1',
+                       'data.val_fraction=0')
+    assert train_main(common + ['--out', str(tmp_path / 'det'), '--set',
+                                'train.deterministic=true']) == 0
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert os.environ['CUBLAS_WORKSPACE_CONFIG'] == ':4096:8'
+    assert train_main(common + ['--out', str(tmp_path / 'plain')]) == 0
+    assert not torch.are_deterministic_algorithms_enabled()
+    a = torch.load(tmp_path / 'det' / 'last.pt', weights_only=True)
+    b = torch.load(tmp_path / 'plain' / 'last.pt', weights_only=True)
+    for part in ('fusion', 'head', 'seg'):
+        sa, sb = a[part]['state_dict'], b[part]['state_dict']
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), part
+
+
 def test_ablation_switches(msrs_subset, tmp_path):
     data = msrs_subset(4)
     base = ['--data', str(data), '--set', 'model.name=seafusion', '--set', 'train.epochs=1',
