@@ -90,8 +90,12 @@ class Check:
 
 def probe(code: str) -> bool:
     """True when ``code`` runs without error in a fresh interpreter (a package/device probe)."""
-    res = subprocess.run([PY, '-c', code], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([PY, '-c', code], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
     return res.returncode == 0
+
+
+CUDA_PROBE = 'import torch; assert torch.cuda.is_available()'
 
 
 def prepare_data(n: int, dest: Path, source: Path) -> int:
@@ -186,21 +190,22 @@ def recipe(ck: Check, env, device: str, tmp: Path, name: str, config: str, data:
            train_s + exp[2])
 
 
-def inference(ck: Check, env, tmp: Path):
+def inference(ck: Check, env, tmp: Path, cuda: bool):
     """Rows 4: ssvif-bench of the embedded default model for every backend present."""
     model = tmp / 'default_model'   # a copy: the TensorRT engine is written beside the ONNX
     shutil.copytree(REPO / 'ssvif_ros' / 'models' / 'default', model)
-    cuda = not ck.dry and probe('import torch; assert torch.cuda.is_available()')
+    cuda = cuda and not ck.dry
     ort_cuda = not ck.dry and probe("import onnxruntime as o; assert 'CUDAExecutionProvider' "
                                     'in o.get_available_providers()')
-    trt = not ck.dry and probe('import tensorrt')
+    # TensorRT, cuda-python and a usable GPU, as the tensorrt backend checks them
+    trt = not ck.dry and probe('from ssvif_ros import trt_engine; trt_engine.check_available()')
     why_gpu = 'CPU dry run' if ck.dry else 'no CUDA device'
     setups = [('torch', 'cuda', 'fp32', cuda, why_gpu), ('torch', 'cuda', 'fp16', cuda, why_gpu),
               ('onnxruntime', 'cpu', 'fp32', True, ''),
               ('onnxruntime', 'cuda', 'fp32', ort_cuda,
                'CPU dry run' if ck.dry else 'ONNX Runtime has no CUDAExecutionProvider'),
               ('tensorrt', 'cuda:0', 'fp16', trt,
-               'CPU dry run' if ck.dry else 'TensorRT is not installed')]
+               'CPU dry run' if ck.dry else 'TensorRT or cuda-python is not installed')]
     if ck.dry:
         setups.insert(0, ('torch', 'cpu', 'fp32', True, ''))
     runs = ['--runs', '2', '--warmup', '1'] if ck.dry else ['--runs', '50', '--warmup', '5']
@@ -251,7 +256,8 @@ def main(argv=None) -> int:
         tmp = Path(args.out).resolve() if args.out else Path(scratch)
         tmp.mkdir(parents=True, exist_ok=True)
         gpu_tests(ck, env)
-        if not args.cpu_dry_run and not probe('import torch; assert torch.cuda.is_available()'):
+        cuda = not args.cpu_dry_run and probe(CUDA_PROBE)
+        if not args.cpu_dry_run and not cuda:
             ck.add('CUDA', 'FAIL', 'torch sees no CUDA device (use --cpu-dry-run on CPU)')
         else:
             train_speed(ck, env, device, tmp)
@@ -259,7 +265,7 @@ def main(argv=None) -> int:
                    'config/train/seafusion_ssvif.yaml', data)
             recipe(ck, env, device, tmp, 'default',
                    'config/train/rtfusion_semantic_frames.yaml', data)
-        inference(ck, env, tmp)
+        inference(ck, env, tmp, cuda)
     print(f'gpu_check: {"CPU dry run" if args.cpu_dry_run else "device check"}, '
           f'{time.monotonic() - ck.t0:.0f} s, data {data}')
     print(ck.table())
