@@ -115,6 +115,7 @@ class TrainConfig:
     amp: bool = True              # mixed precision on CUDA (fp16 + GradScaler)
     amp_cpu: bool = False         # bf16 autocast on CPU (off by default: slower on most CPUs)
     threads: int = 0              # torch CPU threads (0 = torch default)
+    deterministic: bool = False   # deterministic CUDA kernels where torch has them (training.md)
     log_every: int = 1            # steps between CSV/TensorBoard step rows
     val_metrics: List[str] = field(  # ssvif_ros.metrics names, grey CDDFuse convention
         default_factory=lambda: ['EN', 'MI', 'VIF', 'Qabf', 'SSIM', 'DeltaE'])

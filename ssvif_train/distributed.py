@@ -20,20 +20,69 @@ from ssvif_train.checkpoints import TrainingError
 
 
 def pick_device(want: str) -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda[:i]`` -> torch.device; TrainingError when CUDA is missing.
+    """``auto`` | ``cpu`` | ``cuda[:i]`` -> torch.device, checked against this machine.
 
-    Plain ``cuda`` under torchrun means this process's ``LOCAL_RANK`` device.
+    TrainingError (one line) when it is not a device here. Plain ``cuda`` under torchrun means
+    this process's ``LOCAL_RANK`` device.
     """
     if want == 'auto':
         want = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if want.startswith('cuda'):
+    try:
+        dev = torch.device(want)
+    except RuntimeError:
+        raise TrainingError(f'train.device must be auto, cpu, cuda or cuda:N, got {want!r}') \
+            from None
+    if dev.type not in ('cpu', 'cuda'):
+        raise TrainingError(f'train.device must be auto, cpu, cuda or cuda:N, got {want!r}')
+    if dev.type == 'cuda':
         if not torch.cuda.is_available():
             raise TrainingError(f'train.device={want} but CUDA is not available '
                                 f'(torch {torch.__version__}); use train.device=cpu')
-        if want == 'cuda':
-            want = f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}'
-        torch.cuda.set_device(torch.device(want))
-    return torch.device(want)
+        n = torch.cuda.device_count()
+        if dev.index is None:
+            local = int(os.environ.get('LOCAL_RANK', 0))
+            if local >= n:
+                raise TrainingError(ranks_fit_error('cuda', local + 1, n))
+            dev = torch.device('cuda', local)
+        elif dev.index >= n:
+            raise TrainingError(f'train.device={want}: this machine has {n} CUDA device(s) '
+                                f'(cuda:0 .. cuda:{n - 1})')
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def ranks_fit_error(want: str, local_ranks: int, gpus: int) -> Optional[str]:
+    """Why ``local_ranks`` processes on this node cannot each have a GPU, or None.
+
+    ``want`` is train.device; ``auto`` and ``cuda`` give local rank i the GPU cuda:i, so a
+    node needs as many GPUs as processes; an explicit ``cuda:N`` would put them all on one.
+    """
+    if want == 'cpu' or gpus == 0 and want == 'auto':
+        return None
+    if want.startswith('cuda:') and local_ranks > 1:
+        return (f'train.device={want} would put all {local_ranks} torchrun processes of this '
+                'node on one GPU; use train.device=cuda (process i on cuda:i) or cpu')
+    if local_ranks > gpus:
+        return (f'torchrun started {local_ranks} processes on this node but it has {gpus} CUDA '
+                f'GPU(s), one per process: use --nproc_per_node {gpus}'
+                f'{"" if gpus else " (no GPU)"}, or --set train.device=cpu to train every rank '
+                'on CPU (gloo)')
+    return None
+
+
+def set_deterministic(on: bool) -> None:
+    """``train.deterministic``: deterministic kernels where torch has them (see training.md).
+
+    Sets torch.use_deterministic_algorithms (warn_only: an op without a deterministic CUDA
+    kernel, such as the backward of bilinear upsampling, warns instead of failing), cuDNN's
+    deterministic flag, cuDNN benchmarking off, and CUBLAS_WORKSPACE_CONFIG (needed by
+    deterministic cuBLAS; read when cuBLAS starts, so this runs before the model is built).
+    """
+    if on:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    torch.use_deterministic_algorithms(bool(on), warn_only=True)
+    torch.backends.cudnn.deterministic = bool(on)
+    torch.backends.cudnn.benchmark = False
 
 
 class Dist:
@@ -45,7 +94,12 @@ class Dist:
         if not self.enabled:
             return
         import torch.distributed as dist
-        backend = 'nccl' if torch.cuda.is_available() and device_pref != 'cpu' else 'gloo'
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        local = int(os.environ.get('LOCAL_WORLD_SIZE', os.environ['WORLD_SIZE']))
+        why = ranks_fit_error(device_pref, local, gpus)
+        if why:  # before the process group, so that no rank waits for this one
+            raise TrainingError(why)
+        backend = 'nccl' if gpus and device_pref != 'cpu' else 'gloo'
         if not dist.is_initialized():
             dist.init_process_group(backend=backend)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()

@@ -19,7 +19,7 @@ STEP_FIELDS = ['global_step', 'epoch', 'stage', 'loss_total', 'loss_fusion', 'in
                'ssim', 'color', 'loss_csc', 'ce_a', 'dice_a', 'ce_b', 'dice_b', 'loss_sup',
                'sup_ce_a', 'sup_dice_a', 'sup_ce_b', 'sup_dice_b', 'csc_ramp', 'omega_csc',
                'g_a', 'g_b', 'r_a', 'r_b', 'alpha_cf', 'cos_phi', 'lr', 'ssim_ir', 'ssim_vis',
-               'loss_rec', 'rec_1', 'rec_2', 'rec_3', 'seg_ce', 'seg_dice']
+               'loss_rec', 'rec_1', 'rec_2', 'rec_3', 'seg_ce', 'seg_dice', 'skipped']
 EPOCH_FIELDS = ['epoch', 'stage', 'train_fusion', 'train_csc', 'val_fusion', 'omega_csc',
                 'g_a', 'g_b', 'r_a', 'r_b', 'alpha_cf', 'cos_phi', 'seconds']
 

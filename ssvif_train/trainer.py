@@ -47,7 +47,7 @@ from ssvif_train.checkpoints import (CHECKPOINT_FORMAT, copy_atomic, first_line,
                                      repair_best, TrainingError, write_run_info)
 from ssvif_train.config import Config, config_from_dict
 from ssvif_train.data import build_datasets
-from ssvif_train.distributed import Dist, pick_device
+from ssvif_train.distributed import Dist, pick_device, set_deterministic
 from ssvif_train.models.registry import atomic_torch_save
 from ssvif_train.network import SSVIFNet
 from ssvif_train.run_log import RunLog
@@ -58,6 +58,14 @@ from ssvif_train.weighting import create_weighting, csc_ramp
 log = logging.getLogger('ssvif_train')
 
 __all__ = ['Trainer', 'TrainingError']
+
+
+def grad_norm(grads: List[torch.Tensor]) -> float:
+    """L2 norm of a list of gradients, summed in float64 (one device sync)."""
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack(
+        [torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads])))
 
 
 class Trainer:
@@ -78,6 +86,7 @@ class Trainer:
         self.cfg = cfg
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
+        set_deterministic(cfg.train.deterministic)
         self.dist = Dist(cfg.train.device)
         self.device = pick_device(cfg.train.device)
         torch.manual_seed(cfg.data.seed)
@@ -242,7 +251,7 @@ class Trainer:
         g_f = self.dist.allreduce(list(g_f), shared)
         row = {k: float(v.detach()) for k, v in f_terms.items()}
         row['loss_fusion'] = self._mean(l_fusion)
-        norm_f = math.sqrt(sum(float(g.double().pow(2).sum()) for g in g_f)) / scale
+        norm_f = grad_norm(g_f) / scale
         if stage2 and logits_b is None:
             # Supervised without S (SegFANet's paper form): L_seg = CE + Dice of H on labels.
             s_terms = losses.segmentation_terms(logits_a, label.to(self.device, non_blocking=True),
@@ -250,7 +259,7 @@ class Trainer:
             l_seg = s_terms['seg_ce'] + s_terms['seg_dice']
             row.update({k: float(v.detach()) for k, v in s_terms.items()})
             row['loss_sup'] = self._mean(l_seg)
-            self._seg_task_update(row, l_seg, row['loss_sup'], g_f, norm_f, scale)
+            finite = self._seg_task_update(row, l_seg, row['loss_sup'], g_f, norm_f, scale)
         elif stage2:
             c_terms = losses.csc_terms(logits_a, logits_b, tuple(vis.shape[-2:]),
                                        self.cfg.loss.dice_eps, self.cfg.loss.csc_threshold)
@@ -271,37 +280,73 @@ class Trainer:
             row.update({k: float(v.detach()) for k, v in c_terms.items()})
             row['loss_csc'] = self._mean(l_csc)
             loss_seg = ramp * row['loss_csc'] + row.get('loss_sup', 0.0)
-            self._seg_task_update(row, l_seg, loss_seg, g_f, norm_f, scale)
+            finite = self._seg_task_update(row, l_seg, loss_seg, g_f, norm_f, scale)
         else:
+            finite = math.isfinite(norm_f)
             for p, gf in zip(shared, g_f):
                 p.grad = gf
             for p in other:
                 p.grad = None
-            row.update({'loss_total': row['loss_fusion'], 'g_a': norm_f, 'omega_csc': 0.0})
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+            row.update({'loss_total': row['loss_fusion'], 'omega_csc': 0.0})
+            if finite:
+                row['g_a'] = norm_f
+        row['skipped'] = int(self._optimizer_step(finite, scale))
         self.optimizer.zero_grad(set_to_none=True)
         return row
 
-    def _seg_task_update(self, row, l_seg, loss_seg: float, g_f, norm_f: float, scale: float):
-        """Segmentation-task gradients and the weighted update a * g_fusion + b * g_seg."""
+    def _optimizer_step(self, finite: bool, scale: float) -> bool:
+        """Step (through the GradScaler under AMP) unless the gradients are not finite.
+
+        Returns True when the step was skipped. Under AMP the scaler decides (it unscales the
+        gradients, skips the step on inf/NaN and lowers its scale: a lower scale is a skip);
+        without AMP a step with non-finite gradients is skipped here.
+        """
+        if self.use_amp:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return self.scaler.get_scale() < scale
+        if finite:
+            self.optimizer.step()
+        return not finite
+
+    def _seg_task_update(self, row, l_seg, loss_seg: float, g_f, norm_f: float,
+                         scale: float) -> bool:
+        """Segmentation-task gradients and the weighted update a * g_fusion + b * g_seg.
+
+        The norms are those of the unscaled gradients (scaled ones / the AMP scale). When a
+        task gradient is not finite (an fp16 overflow: the step will be skipped) the weighting
+        is not stepped and the gradient columns stay empty; returns False then.
+        """
         shared, other = self.params_shared, self.params_other
         g_c = torch.autograd.grad(self.scaler.scale(l_seg), shared + other, allow_unused=True)
         g_c = self.dist.allreduce(list(g_c), shared + other)
         gc_shared = g_c[:len(shared)]
-        norm_c = math.sqrt(sum(float(g.double().pow(2).sum()) for g in gc_shared)) / scale
-        dot = sum(float((a.double() * b.double()).sum()) for a, b in zip(g_f, gc_shared))
+        norm_c = grad_norm(gc_shared) / scale
+        w = self.weighting
+        if not (math.isfinite(norm_f) and math.isfinite(norm_c)):
+            # The scaled gradients go in as they are, so that the scaler sees the inf/NaN.
+            for p, gf, gc in zip(shared, g_f, gc_shared):
+                p.grad = gf + gc
+            for p, gc in zip(other, g_c[len(shared):]):
+                p.grad = gc
+            row['loss_total'] = w.last['a'] * row['loss_fusion'] + w.last['b'] * loss_seg
+            row['omega_csc'] = w.last['omega']
+            return False
+        dot = float(sum((a.double() * b.double()).sum() for a, b in zip(g_f, gc_shared)))
         dot /= scale * scale
-        a, b = self.weighting.step(norm_f, norm_c, row['loss_fusion'], loss_seg)
+        a, b = w.step(norm_f, norm_c, row['loss_fusion'], loss_seg)
         for p, gf, gc in zip(shared, g_f, gc_shared):
             p.grad = a * gf + b * gc
         for p, gc in zip(other, g_c[len(shared):]):
             p.grad = b * gc
-        row['alpha_cf'] = dot / (norm_f ** 2) if norm_f > 0 else math.nan
-        row['cos_phi'] = dot / (norm_f * norm_c) if norm_f > 0 and norm_c > 0 else math.nan
+        if norm_f > 0:  # undefined (left empty) without a fusion gradient
+            row['alpha_cf'] = dot / (norm_f ** 2)
+            if norm_c > 0:
+                row['cos_phi'] = dot / (norm_f * norm_c)
         row['loss_total'] = a * row['loss_fusion'] + b * loss_seg
-        row.update({'omega_csc': self.weighting.last['omega'], 'g_a': norm_f, 'g_b': norm_c,
-                    'r_a': self.weighting.last['r_a'], 'r_b': self.weighting.last['r_b']})
+        row.update({'omega_csc': w.last['omega'], 'g_a': norm_f, 'g_b': norm_c,
+                    'r_a': w.last['r_a'], 'r_b': w.last['r_b']})
+        return True
 
     # ------------------------------------------------------------------ epochs
     def validate(self) -> Dict[str, float]:
@@ -342,19 +387,26 @@ class Trainer:
                            quiet=not cfg.train.progress or self.dist.rank != 0, leave=False,
                            dynamic_ncols=True)
         sums: Dict[str, float] = {}
-        n = 0
+        counts: Dict[str, int] = {}
+        n = skipped = 0
         self.net.train()
         for i, (vis, ir, label) in enumerate(loader):
             if i >= steps:
                 break
             row = self.train_step(vis, ir, label if self.semantic else None)
-            if self.ema is not None:
-                self.ema.update_parameters(self.net)
             sch.global_step += 1
             n += 1
-            for k, v in row.items():
-                if isinstance(v, float) and math.isfinite(v):
-                    sums[k] = sums.get(k, 0.0) + v
+            # A skipped step (AMP overflow) changed no weight: no EMA update, and its values
+            # stay out of the epoch means that feed the weighting's loss history.
+            if row['skipped']:
+                skipped += 1
+            else:
+                if self.ema is not None:
+                    self.ema.update_parameters(self.net)
+                for k, v in row.items():
+                    if isinstance(v, float) and math.isfinite(v):
+                        sums[k] = sums.get(k, 0.0) + v
+                        counts[k] = counts.get(k, 0) + 1
             if sch.global_step % cfg.train.log_every == 0:
                 full = {'global_step': sch.global_step, 'epoch': sch.epoch + 1,
                         'stage': sch.stage, 'lr': self.optimizer.param_groups[0]['lr']}
@@ -366,7 +418,13 @@ class Trainer:
         bar.close()
         if n == 0:
             raise TrainingError('an epoch had no training step (dataset smaller than one batch?)')
-        return {k: v / n for k, v in sums.items()}
+        if skipped == n:
+            raise TrainingError(f'every step of epoch {sch.epoch + 1} was skipped: the gradients '
+                                'were not finite (diverged, or train.amp overflows; try '
+                                'train.amp=false)')
+        means = {k: v / counts[k] for k, v in sums.items()}
+        means['skipped'] = float(skipped)  # a count, not a mean
+        return means
 
     def _run_epoch(self):
         t0 = time.time()
@@ -383,7 +441,8 @@ class Trainer:
         erow = {'epoch': sch.epoch, 'stage': end.stage, 'train_fusion': means['loss_fusion'],
                 'train_csc': means.get('loss_csc', math.nan),
                 'val_fusion': val.get('val_fusion', math.nan),
-                'omega_csc': means.get('omega_csc', 0.0), 'seconds': time.time() - t0}
+                'omega_csc': means.get('omega_csc', 0.0), 'seconds': time.time() - t0,
+                'skipped': int(means['skipped'])}
         for k in ('g_a', 'g_b', 'r_a', 'r_b', 'alpha_cf', 'cos_phi'):
             erow[k] = means.get(k, math.nan)
         erow.update({k: v for k, v in val.items() if k != 'val_fusion'})

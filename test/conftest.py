@@ -22,6 +22,18 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip the ``gpu``-marked tests when torch sees no CUDA device (torch imported only then)."""
+    gpu = [item for item in items if item.get_closest_marker('gpu')]
+    if not gpu:
+        return
+    import torch
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason='needs a CUDA device (torch.cuda.is_available() is False)')
+        for item in gpu:
+            item.add_marker(skip)
+
+
 def need(path: Path, what: str) -> Path:
     """Skip the calling test with a clear reason when ``path`` is absent."""
     if not path.exists():

@@ -45,3 +45,39 @@ def test_bench_paces_calls_at_a_camera_rate(tmp_path):
     res = subprocess.run([sys.executable, '-m', 'ssvif_ros.bench_cli', '--rate', '-1'],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and '--rate >= 0' in res.stderr
+
+
+def bench(*args, timeout=300):
+    return subprocess.run([sys.executable, '-m', 'ssvif_ros.bench_cli', *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_bench_measures_on_the_device_asked_for(tmp_path):
+    out = tmp_path / 'bench.json'
+    res = bench('--backend', 'torch', '--device', 'cpu', '--runs', '2', '--warmup', '0',
+                '--size', '160x120', '--threads', '1', '--json', str(out))
+    assert res.returncode == 0, res.stderr
+    (r,) = json.loads(out.read_text())['results']
+    assert r['device'] == 'cpu' and r['precision'] == 'fp32'
+    assert r['describe'].endswith('(cpu, fp32)') and '| cpu fp32 |' in res.stdout
+    res = bench('--backend', 'onnxruntime', '--runs', '1', '--warmup', '0', '--size', '64x48',
+                '--json', str(out))
+    assert res.returncode == 0, res.stderr
+    assert json.loads(out.read_text())['results'][0]['device'] == 'CPUExecutionProvider'
+
+
+def test_bench_device_and_precision_errors_are_one_line():
+    import torch
+    missing = (f'cuda:{torch.cuda.device_count()}' if torch.cuda.is_available() else 'cuda')
+    cases = [(('--backend', 'torch', '--device', missing),
+              'CUDA device' if torch.cuda.is_available() else 'CUDA is not available'),
+             (('--backend', 'torch', '--device', 'gpu0'), '--device must be cpu, cuda or cuda:N'),
+             (('--backend', 'torch', '--device', 'cpu', '--precision', 'fp16'),
+              'fp16 (autocast) needs a CUDA device'),
+             (('--backend', 'onnxruntime', '--precision', 'fp16'),
+              'precision fp16 is an option of the torch and tensorrt backends')]
+    for args, why in cases:
+        res = bench(*args, '--runs', '1', '--warmup', '0', '--size', '64x48')
+        assert res.returncode == 2, (args, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and why in lines[0], (args, res.stderr)

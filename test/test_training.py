@@ -7,16 +7,18 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from ssvif_ros import imaging
 from ssvif_ros.dataset_paths import list_pairs
 from ssvif_train.cli import main as train_main
 from ssvif_train.config import load_config
+from ssvif_train.distributed import pick_device, ranks_fit_error
 from ssvif_train.models.registry import load_model
 from ssvif_train.schedule import should_switch
 from ssvif_train.tensor_imaging import hwc_to_nchw
-from ssvif_train.trainer import Trainer
+from ssvif_train.trainer import Trainer, TrainingError
 
 SMALL = ['data.crop=48', 'data.val_crop=64', 'train.batch_size=2', 'train.steps_per_epoch=2',
          'train.progress=false', 'train.val_metric_images=1', 'train.threads=1']
@@ -86,7 +88,7 @@ def test_two_epochs_on_real_msrs_reach_stage_two_and_reload(msrs_subset, tmp_pat
 
 def test_resume_continues_exactly(msrs_subset, tmp_path):
     data = msrs_subset(6)
-    common = tiny_args(data, 'train.stage1_max_epochs=1')
+    common = tiny_args(data, 'train.stage1_max_epochs=1', 'train.device=cpu')
     assert train_main(common + ['--out', str(tmp_path / 'a'), '--set', 'train.epochs=3']) == 0
     assert train_main(common + ['--out', str(tmp_path / 'b'), '--set', 'train.epochs=2']) == 0
     assert train_main(common + ['--out', str(tmp_path / 'b'), '--resume',
@@ -100,6 +102,29 @@ def test_resume_continues_exactly(msrs_subset, tmp_path):
     assert a['weighting'] == b['weighting'] or json.dumps(a['weighting'], default=str) == \
         json.dumps(b['weighting'], default=str)
     assert len(read_csv(tmp_path / 'b' / 'epochs.csv')) == 3
+
+
+def test_deterministic_mode_is_set_and_changes_nothing_on_cpu(msrs_subset, tmp_path):
+    """train.deterministic switches torch's deterministic kernels on (and the next run off).
+
+    CPU kernels are deterministic already, so the weights are the same with and without it.
+    """
+    data = msrs_subset(4)
+    common = tiny_args(data, 'train.two_stage=false', 'train.device=cpu', 'train.epochs=1',
+                       'data.val_fraction=0')
+    assert train_main(common + ['--out', str(tmp_path / 'det'), '--set',
+                                'train.deterministic=true']) == 0
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert os.environ['CUBLAS_WORKSPACE_CONFIG'] == ':4096:8'
+    assert train_main(common + ['--out', str(tmp_path / 'plain')]) == 0
+    assert not torch.are_deterministic_algorithms_enabled()
+    a = torch.load(tmp_path / 'det' / 'last.pt', weights_only=True)
+    b = torch.load(tmp_path / 'plain' / 'last.pt', weights_only=True)
+    for part in ('fusion', 'head', 'seg'):
+        sa, sb = a[part]['state_dict'], b[part]['state_dict']
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), part
 
 
 def test_ablation_switches(msrs_subset, tmp_path):
@@ -138,8 +163,10 @@ def test_torchrun_two_ranks_end_with_identical_weights(msrs_subset, tmp_path):
     data = msrs_subset(8)
     out = tmp_path / 'ddp'
     env = dict(os.environ, OMP_NUM_THREADS='1')
+    # CPU ranks (gloo) explicitly: on a host with fewer GPUs than ranks 'auto' would refuse.
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
            '-m', 'ssvif_train.cli', '--data', str(data), '--out', str(out),
+           '--set', 'train.device=cpu',
            '--set', 'model.name=seafusion', '--set', 'model.args={widths: [8, 8, 8]}',
            '--set', 'model.segformer=b0', '--set', 'train.epochs=2',
            '--set', 'train.stage1_max_epochs=1'] + [a for s in SMALL for a in ('--set', s)]
@@ -151,6 +178,41 @@ def test_torchrun_two_ranks_end_with_identical_weights(msrs_subset, tmp_path):
     assert ranks['param_digests'][0] == ranks['param_digests'][1]
     rows = read_csv(out / 'epochs.csv')
     assert [r['stage'] for r in rows] == ['1', '2']
+
+
+def test_more_torchrun_ranks_than_gpus_is_a_one_line_error(msrs_subset, tmp_path):
+    """One process more than this machine has GPUs: each rank says why and exits 2."""
+    data = msrs_subset(2)
+    nproc = (torch.cuda.device_count() if torch.cuda.is_available() else 0) + 1
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+           f'--nproc_per_node={max(2, nproc)}', '-m', 'ssvif_train.cli', '--data', str(data),
+           '--out', str(tmp_path / 'o'), '--set', 'train.device=cuda']
+    res = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True,
+                         text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode != 0
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if 'ssvif-train: error:' in ln]
+    assert lines and all('processes on this node but it has' in ln for ln in lines), lines
+    assert 'exitcode  : 2' in res.stdout + res.stderr
+    assert 'ssvif_train/' not in res.stderr   # torchrun's own summary only, no rank traceback
+
+
+def test_device_errors_name_the_device():
+    assert ranks_fit_error('cpu', 4, 0) is None
+    assert ranks_fit_error('auto', 2, 0) is None          # no GPU: CPU ranks
+    assert ranks_fit_error('auto', 2, 2) is None
+    assert 'one per process: use --nproc_per_node 1' in ranks_fit_error('cuda', 2, 1)
+    assert 'one per process' in ranks_fit_error('auto', 3, 2)
+    assert 'on one GPU' in ranks_fit_error('cuda:0', 2, 2)
+    for bad in ('gpu', 'cuda:x', 'meta'):
+        with pytest.raises(TrainingError, match='train.device must be'):
+            pick_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match='CUDA is not available'):
+            pick_device('cuda:0')
+    else:
+        n = torch.cuda.device_count()
+        with pytest.raises(TrainingError, match=f'has {n} CUDA device'):
+            pick_device(f'cuda:{n}')
 
 
 def test_mixed_precision_path_with_grad_scaler(msrs_subset, tmp_path):
@@ -170,6 +232,44 @@ def test_mixed_precision_path_with_grad_scaler(msrs_subset, tmp_path):
     rows = read_csv(out / 'steps.csv')
     assert all(np.isfinite(float(r['loss_total'])) and np.isfinite(float(r['g_b']))
                for r in rows)
+
+
+def test_amp_overflow_step_is_skipped_counted_and_kept_out_of_gdwa(msrs_subset, tmp_path):
+    """A GradScaler whose scale overflows fp32 gradients (1e38) makes step 1 skip for sure.
+
+    The skipped step is counted, leaves no inf/NaN in steps.csv, does not step GDWA or the
+    weight EMA, and its losses stay out of the epoch means that GDWA's history records; the
+    backoff (1e-30) makes step 2 a normal step.
+    """
+    data = msrs_subset(4)
+    out = tmp_path / 'overflow'
+    sets = ['model.name=seafusion', 'model.args={widths: [8, 8, 8]}', 'model.segformer=b0',
+            'train.two_stage=false', 'train.amp_cpu=true', 'train.epochs=1', 'train.ema=0.9',
+            'data.val_fraction=0', 'weighting.method=gdwa', *SMALL]
+    cfg = load_config(None, [f'data.root={data}', *sets])
+    trainer = Trainer(cfg, str(out))
+    assert trainer.use_amp
+    trainer.scaler = torch.amp.GradScaler('cpu', init_scale=1e38, backoff_factor=1e-30)
+    trainer.run()
+    rows = read_csv(out / 'steps.csv')
+    assert [r['skipped'] for r in rows] == ['1', '0']
+    for r in rows:
+        for key in ('loss_total', 'loss_fusion', 'loss_csc', 'omega_csc'):
+            assert np.isfinite(float(r[key])), key
+        assert all('nan' not in v and 'inf' not in v for v in r.values()), r
+    assert rows[0]['g_a'] == rows[0]['g_b'] == ''
+    assert np.isfinite(float(rows[1]['g_a'])) and np.isfinite(float(rows[1]['g_b']))
+    assert float(rows[1]['omega_csc']) == trainer.weighting.last['omega'] > 0
+    assert float(rows[1]['g_a']) == trainer.weighting.last['g_a']
+    # GDWA's loss history holds the mean over the steps that were taken: step 2 only.
+    assert trainer.weighting.history['fusion'] == [float(rows[1]['loss_fusion'])]
+    assert trainer.weighting.history['csc'] == [float(rows[1]['loss_csc'])]
+    assert read_csv(out / 'epochs.csv')[0]['skipped'] == '1'
+    ck = torch.load(out / 'last.pt', weights_only=True)
+    assert ck['ema_steps'] == 1
+    assert 0 < ck['scaler']['scale'] < 1e10
+    assert all(torch.isfinite(t).all() for t in ck['train_weights']['fusion']['state_dict']
+               .values() if t.is_floating_point())
 
 
 def test_early_stopping_on_validation_fusion_loss(msrs_subset, tmp_path):
@@ -241,7 +341,7 @@ def test_init_that_does_not_fit_is_a_one_line_error(msrs_subset, tmp_path, capsy
 
 def test_weight_ema_is_validated_saved_and_resumed_exactly(msrs_subset, tmp_path):
     data = msrs_subset(6)
-    common = tiny_args(data, 'train.two_stage=false', 'train.ema=0.9')
+    common = tiny_args(data, 'train.two_stage=false', 'train.ema=0.9', 'train.device=cpu')
     assert train_main(common + ['--out', str(tmp_path / 'a'), '--set', 'train.epochs=2']) == 0
     assert train_main(common + ['--out', str(tmp_path / 'b'), '--set', 'train.epochs=1']) == 0
     assert train_main(common + ['--out', str(tmp_path / 'b'), '--resume',

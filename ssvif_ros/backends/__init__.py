@@ -33,11 +33,11 @@ class _Entry(NamedTuple):
 
 
 def _lazy(module: str, cls: str, with_threads: bool = True):
-    def make(model, threads, device):
+    def make(model, threads, device, **options):
         backend_cls = getattr(importlib.import_module(f'ssvif_ros.backends.{module}'), cls)
         if with_threads:
-            return backend_cls(model, threads=threads, device=device)
-        return backend_cls(model, device=device)
+            return backend_cls(model, threads=threads, device=device, **options)
+        return backend_cls(model, device=device, **options)
     return make
 
 
@@ -57,6 +57,11 @@ _REGISTRY: Dict[str, _Entry] = {
 }
 
 
+# backend -> its constructor keywords for a precision other than fp32
+PRECISION_OPTION = {'torch': lambda p: {'precision': p},
+                    'tensorrt': lambda p: {'fp16': p == 'fp16'}}
+
+
 def names() -> Tuple[str, ...]:
     """The backend names, in registration order."""
     return tuple(_REGISTRY)
@@ -74,17 +79,27 @@ def register(name: str, factory: Callable[[Optional[str], int, Optional[str]], B
 
 
 def create_backend(name: str, model: Optional[str] = None, threads: int = 2,
-                   device: Optional[str] = None) -> Backend:
+                   device: Optional[str] = None, precision: str = 'fp32') -> Backend:
     """Create and warm up the backend ``name`` for ``model`` (checkpoint, ONNX, engine, dir).
 
-    Raises BackendError with a message naming the backend or the model file at fault.
+    ``precision`` fp16: torch autocast on CUDA, or a TensorRT FP16 engine; ONNX Runtime runs
+    the exported graph as it is (fp32). Raises BackendError with a message naming the backend
+    or the model file at fault.
     """
     if name not in _REGISTRY:
         raise BackendError(f'unknown backend {name!r}; choose one of {sorted(_REGISTRY)}')
     if threads < 1:
         raise BackendError(f'threads must be >= 1, got {threads}')
+    if precision not in ('fp32', 'fp16'):
+        raise BackendError(f'precision must be fp32 or fp16, got {precision!r}')
+    options = {}
+    if precision != 'fp32':
+        if name not in PRECISION_OPTION:
+            raise BackendError(f'precision {precision} is an option of the '
+                               f'{" and ".join(PRECISION_OPTION)} backends, not {name!r}')
+        options = PRECISION_OPTION[name](precision)
     try:
-        backend = _REGISTRY[name].factory(model, threads, device)
+        backend = _REGISTRY[name].factory(model, threads, device, **options)
         backend.warm_up()
         return backend
     except BackendError:

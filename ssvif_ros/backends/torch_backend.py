@@ -12,8 +12,16 @@ class TorchBackend(GraphBackend):
 
     name = 'torch'
 
-    def __init__(self, model: Optional[str], threads: int = 2, device: Optional[str] = None):
+    def __init__(self, model: Optional[str], threads: int = 2, device: Optional[str] = None,
+                 precision: str = 'fp32'):
         import torch
+        self.device = torch_device(torch, device)
+        if precision not in ('fp32', 'fp16'):
+            raise BackendError(f'torch backend: precision must be fp32 or fp16, got {precision!r}')
+        if precision == 'fp16' and self.device.type != 'cuda':
+            raise BackendError('torch backend: precision fp16 (autocast) needs a CUDA device; '
+                               'on CPU use fp32')
+        self.precision = precision
         from ssvif_train.deploy import load_graph
         path, card = model_card.locate(model, 'pt')
         graph, info = load_graph(path, card.get('seg_upsample', 'bilinear'))
@@ -26,19 +34,46 @@ class TorchBackend(GraphBackend):
         card.setdefault('num_classes', n)
         card.setdefault('model', {'name': info['model_name']})
         super().__init__(card)
-        self.device = torch.device(device or 'cpu')
-        if self.device.type == 'cuda' and not torch.cuda.is_available():
-            raise BackendError('torch backend: device cuda requested but CUDA is not available')
         if self.device.type == 'cpu':
             torch.set_num_threads(int(threads))
         self.torch = torch
         self.graph = graph.to(self.device)
         self.model_info['file'] = path
+        self.model_info['device'] = str(self.device)
+        self.model_info['precision'] = precision
+
+    def describe(self) -> str:
+        """Backend, model, device and precision."""
+        return f'{super().describe()} ({self.device}, {self.precision})'
 
     def run(self, vis, ir):
-        """Run the graph without gradients on 1 x 3 x H x W inputs."""
+        """Run the graph without gradients on 1 x 3 x H x W inputs (fp16 autocast on request)."""
         torch = self.torch
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16,
+                                                    enabled=self.precision == 'fp16'):
             fused, ids = self.graph(torch.from_numpy(vis).to(self.device),
                                     torch.from_numpy(ir).to(self.device))
-        return fused.cpu().numpy(), ids.cpu().numpy()
+        return fused.float().cpu().numpy(), ids.cpu().numpy()
+
+
+def torch_device(torch, device: Optional[str]):
+    """``None`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> a torch.device of this machine.
+
+    BackendError naming the device and the reason when it is none.
+    """
+    try:
+        dev = torch.device(device or 'cpu')
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ('cpu', 'cuda'):
+        raise BackendError(f'torch backend: device must be cpu, cuda or cuda:N, got {device!r}')
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise BackendError(f'torch backend: device {device} requested but CUDA is not '
+                               f'available (torch {torch.__version__})')
+        n = torch.cuda.device_count()
+        if (dev.index or 0) >= n:
+            raise BackendError(f'torch backend: device {device}: this machine has {n} CUDA '
+                               f'device(s) (cuda:0 .. cuda:{n - 1})')
+        dev = torch.device('cuda', dev.index or 0)
+    return dev

@@ -27,6 +27,7 @@ class TensorRTBackend(GraphBackend):
         super().__init__(card)
         self.runner = trt_engine.EngineRunner(path, device)
         self.model_info['file'] = path
+        self.model_info['device'] = device if device and ':' in device else 'cuda:0'
 
     def run(self, vis, ir):
         """Execute the engine on 1 x 3 x H x W inputs."""
