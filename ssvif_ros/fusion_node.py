@@ -47,8 +47,9 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from ssvif_ros import frames, imaging, ros_image, runtime
 from ssvif_ros.backends import BackendError, create_backend
-from ssvif_ros.node_params import (make_config, model_path, NODE_NAME, PARAM_NAMES, PARAMETERS,
-                                   REFERENCE_SIZE, StartupError)
+from ssvif_ros.node_params import (EXIT_START_FAILED, EXIT_WORKER_DIED, make_config, model_path,
+                                   NODE_NAME, PARAM_NAMES, PARAMETERS, REFERENCE_SIZE,
+                                   StartupError)
 from ssvif_ros.node_stats import diagnostic_status, NodeStats
 from ssvif_ros.node_worker import FusionWorker
 from ssvif_ros.pairing import ApproxTimePairer
@@ -71,6 +72,7 @@ class FusionNode(LifecycleNode):
 
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
+        self._bad_params: Dict[str, str] = {}  # name -> why its override was refused
         self._declare_parameters()
         # Latest (w, h) seen per stream: what thermal_homography is checked against on set.
         self._sizes = [REFERENCE_SIZE, REFERENCE_SIZE]
@@ -162,6 +164,11 @@ class FusionNode(LifecycleNode):
         return SUCCESS
 
     def _configure(self) -> None:
+        if self._bad_params:
+            # What rclpy said, per parameter; its default stays in place until it is set.
+            refused = '; '.join(f'{name}: {why.removesuffix(": " + name)}'
+                                for name, why in self._bad_params.items())
+            raise StartupError(f'invalid parameter value at start (params file or -p): {refused}')
         try:
             cfg = make_config(self._param_values(), self._checked_sizes)
         except ValueError as exc:
@@ -237,7 +244,10 @@ class FusionNode(LifecycleNode):
             try:
                 self.declare_parameter(spec.name, spec.default, desc)
             except ParameterException as exc:
-                raise StartupError(f'invalid parameter {spec.name}: {exc}') from None
+                # A bad override (params file, -p): declare the default and let configure
+                # answer success: false with the reason, instead of ending the process here.
+                self._bad_params[spec.name] = str(exc)
+                self.declare_parameter(spec.name, spec.default, desc, ignore_override=True)
 
     def _param_values(self) -> Dict[str, Any]:
         return {name: self.get_parameter(name).value for name in PARAM_NAMES}
@@ -256,6 +266,8 @@ class FusionNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, params: List[Parameter]) -> None:
+        for p in params:
+            self._bad_params.pop(p.name, None)  # set to a valid value since
         if self._config is None:
             return  # unconfigured: read at configure
         cfg = make_config(self._param_values(), self._checked_sizes)
@@ -398,10 +410,10 @@ def main(args=None) -> int:
         pass
     except StartupError as exc:
         log.error(f'cannot start: {exc}')
-        code = 1
+        code = EXIT_START_FAILED
     except WorkerDied as exc:
         log.fatal(f'exiting: {exc}')
-        code = 1
+        code = EXIT_WORKER_DIED
     finally:
         if node is not None:
             node.close()

@@ -38,6 +38,13 @@ REFERENCE_SIZE = (640, 512)
 FrameSizes = Tuple[Tuple[int, int], Tuple[int, int]]
 
 
+# Exit codes of the node process: its start failed (bad parameter or model: a restart would
+# only repeat it), or it ran until its inference worker died (a restart may help). The launch
+# file's respawn and systemd's RestartPreventExitStatus tell them apart.
+EXIT_START_FAILED = 2
+EXIT_WORKER_DIED = 1
+
+
 class StartupError(RuntimeError):
     """The node cannot start (bad parameter, missing model, backend unavailable)."""
 
