@@ -1,0 +1,76 @@
+"""``ros2 launch ssvif_ros fusion.launch.py`` as a user runs it: its exit code and log.
+
+Ctrl-C and a node that cannot start both end the launch with exit code 0 and the reason in the
+log; an invalid boolean argument is one error line. Needs a ROS 2 install with ros2launch and
+this package built (colcon); skipped elsewhere.
+"""
+import os
+import shutil
+import signal
+import subprocess
+
+import pytest
+
+pytest.importorskip('ros2launch', reason='ros2launch not installed: needs a full ROS 2 install')
+pytest.importorskip('launch_ros', reason='launch_ros not installed: needs a full ROS 2 install')
+
+from launch_helpers import launch_file, Probe  # noqa: E402, I100
+
+
+def _ros2_launch(tmp_path, *args):
+    launch_file()  # skips when the package is not installed
+    ros2 = shutil.which('ros2')
+    if ros2 is None:
+        pytest.skip('the ros2 command is not on PATH')
+    log = open(tmp_path / 'launch.log', 'w')
+    proc = subprocess.Popen([ros2, 'launch', 'ssvif_ros', 'fusion.launch.py', *args],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+                            start_new_session=True)
+    proc.log_path = tmp_path / 'launch.log'
+    return proc
+
+
+def _finish(proc, timeout=60.0):
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f'ros2 launch did not end:\n{proc.log_path.read_text()[-3000:]}')
+    return code, proc.log_path.read_text()
+
+
+def test_ctrl_c_ends_the_launch_with_exit_0(tmp_path):
+    ns = '/ros2_launch_sigint'
+    proc = _ros2_launch(tmp_path, 'fusion_backend:=maxluma', f'fusion_namespace:={ns[1:]}')
+    probe = Probe(ns)
+    try:
+        assert probe.wait_for_state('active') == 'active', proc.log_path.read_text()
+    finally:
+        probe.close()
+    # What ros2 launch gets on Ctrl-C; it then stops the node, which exits 0.
+    os.kill(proc.pid, signal.SIGINT)
+    code, log = _finish(proc)
+    assert code == 0, log
+    assert 'Caught exception' not in log and 'Traceback' not in log, log
+
+
+def test_a_node_that_cannot_start_ends_the_launch_with_exit_0_and_the_reason(tmp_path):
+    missing = tmp_path / 'no_such_model.onnx'
+    proc = _ros2_launch(tmp_path, f'fusion_model:={missing}',
+                        'fusion_namespace:=ros2_launch_fail')
+    code, log = _finish(proc)
+    assert code == 0, log
+    assert 'cannot start: model not found' in log and str(missing) in log, log
+    assert 'fusion_node could not start' in log, log  # why launch shut down
+    assert log.count('process started') == 1, log  # not respawned every 2 s
+    assert 'Caught exception' not in log and 'Traceback' not in log, log
+
+
+def test_a_bad_boolean_argument_is_one_error_naming_it(tmp_path):
+    proc = _ros2_launch(tmp_path, 'fusion_respawn:=maybe', 'fusion_backend:=maxluma')
+    code, log = _finish(proc)
+    assert code != 0, log
+    errors = [line for line in log.splitlines() if 'ERROR' in line]
+    assert len(errors) == 1 and 'fusion_respawn' in errors[0] and "'maybe'" in errors[0], log
+    assert 'process started' not in log, log
