@@ -43,7 +43,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ssvif_ros import frames, imaging, ros_image, runtime
 from ssvif_ros.backends import BackendError, create_backend
@@ -123,19 +123,23 @@ class FusionNode(LifecycleNode):
             durability=DurabilityPolicy.VOLATILE,
             reliability=(ReliabilityPolicy.RELIABLE if cfg.qos_reliability == 'reliable'
                          else ReliabilityPolicy.BEST_EFFORT))
-        self._subs = [
-            self.create_subscription(Image, 'rgb/image_raw',
-                                     lambda m: self._on_image(RGB, m), in_qos),
-            self.create_subscription(Image, 'thermal/image_raw',
-                                     lambda m: self._on_image(THERMAL, m), in_qos),
-        ]
+        self._subs = []
+        topics = []
+        for stream, base, msgtype in zip((RGB, THERMAL), ('rgb/image_raw', 'thermal/image_raw'),
+                                         frames.input_types(cfg)):
+            topic = self.resolve_topic_name(base)  # remapped first, as image_transport does
+            if msgtype == frames.COMPRESSED_TYPE:
+                topic += '/compressed'
+            self._subs.append(self.create_subscription(
+                CompressedImage if msgtype == frames.COMPRESSED_TYPE else Image, topic,
+                lambda m, s=stream, t=msgtype: self._on_image(s, m, t), in_qos))
+            topics.append(topic)
         if cfg.publish_camera_info:
             self._subs.append(self.create_subscription(
                 CameraInfo, 'rgb/camera_info', self._on_camera_info, in_qos))
         self._active = True
         self.get_logger().info(
-            f'fusing {self.resolve_topic_name("rgb/image_raw")} + '
-            f'{self.resolve_topic_name("thermal/image_raw")} with {self._backend.describe()} '
+            f'fusing {topics[0]} + {topics[1]} with {self._backend.describe()} '
             f'(model {self._model_label}, slop {cfg.slop} s, input QoS {cfg.qos_reliability}/'
             f'{cfg.qos_depth})')
         return super().on_activate(state)
@@ -285,14 +289,15 @@ class FusionNode(LifecycleNode):
         self.get_logger().warning(f'dropped ({reason}): {text}',
                                   throttle_duration_sec=WARN_THROTTLE_SEC)
 
-    def _on_image(self, stream: int, msg: Image) -> None:
+    def _on_image(self, stream: int, msg, msgtype: str = frames.IMAGE_TYPE) -> None:
         self._stats.count_input(stream)
         try:
-            frames.check_frame(stream, msg)  # metadata only; the worker decodes the pixels
+            frames.check_frame(stream, msg, msgtype)  # metadata only; the worker decodes
         except frames.FrameError as exc:
             self._drop(exc.reason, str(exc))
             return
-        self._sizes[stream] = (int(msg.width), int(msg.height))
+        if msgtype == frames.IMAGE_TYPE:  # a CompressedImage's size is known once decoded
+            self._sizes[stream] = (int(msg.width), int(msg.height))
         pairer, worker = self._pairer, self._worker
         if pairer is None or worker is None:
             return

@@ -33,6 +33,8 @@ IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 # (float32 RGB and thermal, padded copies, fused, ids, uint8 encodings), 2 GB at this size.
 MAX_OUTPUT_PIXELS = 7680 * 4320
 MAX_SIDE = 16384
+# Input transports: sensor_msgs/Image on the topic, or CompressedImage on <topic>/compressed.
+TRANSPORTS = ('raw', 'compressed')
 # Frame size assumed when checking thermal_homography before any frame has arrived.
 REFERENCE_SIZE = (640, 512)
 FrameSizes = Tuple[Tuple[int, int], Tuple[int, int]]
@@ -128,6 +130,15 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               comment='fused/segmentation_color: 0 = palette, >0 = blend over fused'),
     ParamSpec('publish_color', True, 'Publish `fused/segmentation_color`', values='bool',
               comment='publish fused/segmentation_color'),
+    ParamSpec('rgb_transport', 'raw', 'RGB input: `raw` subscribes sensor_msgs/Image on '
+              '`rgb/image_raw`, `compressed` sensor_msgs/CompressedImage on '
+              '`rgb/image_raw/compressed` (JPEG, PNG; decoded with OpenCV)', read_only=True,
+              values=', '.join(TRANSPORTS),
+              comment='raw: Image on rgb/image_raw | compressed: <that>/compressed'),
+    ParamSpec('thermal_transport', 'raw', 'Thermal input, as `rgb_transport` on '
+              '`thermal/image_raw`; a 16-bit PNG keeps the raw counts, JPEG has 8 bits',
+              read_only=True, values=', '.join(TRANSPORTS),
+              comment='raw | compressed (16-bit PNG keeps the counts)'),
     ParamSpec('publish_camera_info', False, 'Republish `rgb/camera_info` as '
               '`fused/camera_info`', read_only=True, values='bool',
               comment='republish rgb/camera_info as fused/camera_info'),
@@ -169,6 +180,8 @@ class FusionConfig:
     overlay_alpha: float
     publish_color: bool
     publish_camera_info: bool
+    rgb_transport: str = 'raw'
+    thermal_transport: str = 'raw'
 
 
 def _choice(values: Dict[str, Any], name: str, choices: Sequence[str]) -> str:
@@ -285,7 +298,9 @@ def make_config(values: Dict[str, Any],
         homography_identity=identity, size_mismatch=size_mismatch,
         output_size=parse_output_size(values['output_size']),
         overlay_alpha=float(values['overlay_alpha']), publish_color=bool(values['publish_color']),
-        publish_camera_info=bool(values['publish_camera_info']))
+        publish_camera_info=bool(values['publish_camera_info']),
+        rgb_transport=_choice(values, 'rgb_transport', TRANSPORTS),
+        thermal_transport=_choice(values, 'thermal_transport', TRANSPORTS))
 
 
 def model_path(model: str, backend: str) -> Optional[str]:
