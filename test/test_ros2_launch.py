@@ -74,3 +74,25 @@ def test_a_bad_boolean_argument_is_one_error_naming_it(tmp_path):
     errors = [line for line in log.splitlines() if 'ERROR' in line]
     assert len(errors) == 1 and 'fusion_respawn' in errors[0] and "'maybe'" in errors[0], log
     assert 'process started' not in log, log
+
+
+def test_a_failed_configure_by_a_manager_ends_the_launch_with_exit_0(tmp_path):
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    ns = '/ros2_launch_managed'
+    missing = tmp_path / 'no_such_model.onnx'
+    proc = _ros2_launch(tmp_path, f'fusion_model:={missing}', 'fusion_autostart:=False',
+                        f'fusion_namespace:={ns[1:]}')
+    probe = Probe(ns)
+    try:
+        assert probe.wait_for_state('unconfigured') == 'unconfigured', proc.log_path.read_text()
+        client = probe.node.create_client(ChangeState, f'{ns}/fusion_node/change_state')
+        req = ChangeState.Request()
+        req.transition.id = Transition.TRANSITION_CONFIGURE
+        assert not probe.call(client, req, 30.0).success
+    finally:
+        probe.close()
+    code, log = _finish(proc)
+    assert code == 0, log
+    assert 'configure failed: model not found' in log and 'failed to configure' in log, log
+    assert 'Caught exception' not in log and 'Traceback' not in log, log
