@@ -40,19 +40,25 @@ def _finish(proc, timeout=60.0):
     return code, proc.log_path.read_text()
 
 
-def test_ctrl_c_ends_the_launch_with_exit_0(tmp_path):
-    ns = '/ros2_launch_sigint'
+@pytest.mark.parametrize('to_group', [False, True], ids=['launch', 'process_group'])
+def test_ctrl_c_ends_the_launch_with_exit_0(tmp_path, to_group):
+    ns = f'/ros2_launch_sigint_{int(to_group)}'
     proc = _ros2_launch(tmp_path, 'fusion_backend:=maxluma', f'fusion_namespace:={ns[1:]}')
     probe = Probe(ns)
     try:
         assert probe.wait_for_state('active') == 'active', proc.log_path.read_text()
     finally:
         probe.close()
-    # What ros2 launch gets on Ctrl-C; it then stops the node, which exits 0.
-    os.kill(proc.pid, signal.SIGINT)
+    # SIGINT to ros2 launch, which then stops the node (exit 0) while shutting down; or to the
+    # whole process group, as a terminal's Ctrl-C sends it (the node gets it twice).
+    if to_group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, signal.SIGINT)
     code, log = _finish(proc)
     assert code == 0, log
     assert 'Caught exception' not in log and 'Traceback' not in log, log
+    assert 'process has finished cleanly' in log, log  # the node exited 0 too
 
 
 def test_a_node_that_cannot_start_ends_the_launch_with_exit_0_and_the_reason(tmp_path):
