@@ -3,7 +3,9 @@
 Topics (relative names, so they follow the node namespace and remapping):
 
 * subscribes ``rgb/image_raw`` (rgb8, bgr8, rgba8, bgra8, mono8), ``thermal/image_raw`` (mono8,
-  mono16, 16UC1, 32FC1) and, with ``publish_camera_info``, ``rgb/camera_info``;
+  mono16, 16UC1, 32FC1) and, with ``publish_camera_info``, ``rgb/camera_info``; with
+  ``rgb_transport`` / ``thermal_transport`` ``compressed``, sensor_msgs/CompressedImage on
+  ``<remapped topic>/compressed`` instead (decoded in the worker, :mod:`ssvif_ros.frames`);
 * publishes ``fused/image`` (rgb8), ``fused/segmentation`` (mono8 class ids),
   ``fused/segmentation_color`` (rgb8 palette, optionally blended over the fused image),
   ``fused/camera_info`` and ``/diagnostics`` (DiagnosticArray, about 1 Hz).
