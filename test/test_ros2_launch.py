@@ -43,7 +43,8 @@ def _finish(proc, timeout=60.0):
 @pytest.mark.parametrize('to_group', [False, True], ids=['launch', 'process_group'])
 def test_ctrl_c_ends_the_launch_with_exit_0(tmp_path, to_group):
     ns = f'/ros2_launch_sigint_{int(to_group)}'
-    proc = _ros2_launch(tmp_path, 'fusion_backend:=maxluma', f'fusion_namespace:={ns[1:]}')
+    proc = _ros2_launch(tmp_path, 'fusion_backend:=maxluma', f'fusion_namespace:={ns[1:]}',
+                        'fusion_log_level:=DEBUG')
     probe = Probe(ns)
     try:
         assert probe.wait_for_state('active') == 'active', proc.log_path.read_text()
@@ -59,6 +60,7 @@ def test_ctrl_c_ends_the_launch_with_exit_0(tmp_path, to_group):
     assert code == 0, log
     assert 'Caught exception' not in log and 'Traceback' not in log, log
     assert 'process has finished cleanly' in log, log  # the node exited 0 too
+    assert '[fusion_node-1] [DEBUG]' in log  # fusion_log_level reached the node
 
 
 def test_a_node_that_cannot_start_ends_the_launch_with_exit_0_and_the_reason(tmp_path):
@@ -73,12 +75,14 @@ def test_a_node_that_cannot_start_ends_the_launch_with_exit_0_and_the_reason(tmp
     assert 'Caught exception' not in log and 'Traceback' not in log, log
 
 
-def test_a_bad_boolean_argument_is_one_error_naming_it(tmp_path):
-    proc = _ros2_launch(tmp_path, 'fusion_respawn:=maybe', 'fusion_backend:=maxluma')
+@pytest.mark.parametrize('arg', ['fusion_respawn:=maybe', 'fusion_log_level:=loud'])
+def test_a_bad_argument_value_is_one_error_naming_it(tmp_path, arg):
+    proc = _ros2_launch(tmp_path, arg, 'fusion_backend:=maxluma')
     code, log = _finish(proc)
     assert code != 0, log
+    name, value = arg.split(':=')
     errors = [line for line in log.splitlines() if 'ERROR' in line]
-    assert len(errors) == 1 and 'fusion_respawn' in errors[0] and "'maybe'" in errors[0], log
+    assert len(errors) == 1 and name in errors[0] and f"'{value}'" in errors[0], log
     assert 'process started' not in log, log
 
 
