@@ -20,6 +20,10 @@ setup(
         (os.path.join('share', package_name, 'config', 'train'), glob('config/train/*.yaml')),
     ],
     install_requires=['setuptools'],
+    # colcon test runs pytest only when a test dependency on pytest is declared (else unittest,
+    # which finds none of these tests). extras_require, as the current ament_python template;
+    # tests_require is gone from setuptools (>= 72 warns that it is an unknown option).
+    extras_require={'test': ['pytest']},
     zip_safe=True,
     maintainer='ssvif_ros maintainers',
     maintainer_email='maintainers@ssvif-ros.invalid',

@@ -87,10 +87,13 @@ def list_pairs_in(vi_dir, ir_dir) -> List[Tuple[Path, Path]]:
 def list_pairs(folder) -> List[Tuple[Path, Path]]:
     """``(vi, ir)`` file pairs of an MSRS-layout folder (``vi/``, ``ir/``), sorted by stem.
 
-    Raises FileNotFoundError naming the folder when ``vi/`` or ``ir/`` is missing or no stem
-    occurs in both.
+    Raises FileNotFoundError naming the folder when it does not exist, ``vi/`` or ``ir/`` is
+    missing or no stem occurs in both.
     """
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f'paired image folder {folder} '
+                                + ('is not a folder' if folder.exists() else 'does not exist'))
     for d in (folder / 'vi', folder / 'ir'):
         if not d.is_dir():
             raise FileNotFoundError(f'paired image folder {folder} has no {d.name}/ subfolder')

@@ -33,7 +33,7 @@ RGB, THERMAL = 0, 1
 STREAM_NAMES = ('rgb', 'thermal')
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
-# Message types each stream accepts (compressed thermal images lose the measured values).
+# Message types each stream accepts in the bag tools (the node: *_transport parameters).
 ALLOWED_TYPES = ((IMAGE_TYPE, COMPRESSED_TYPE), (IMAGE_TYPE,))
 
 
@@ -93,14 +93,29 @@ def decode_visible(msg, msgtype: str = IMAGE_TYPE) -> np.ndarray:
     return ros_image.image_to_numpy(msg, rgb=True, check=False)
 
 
-def decode_thermal(msg) -> np.ndarray:
+def decode_thermal(msg, msgtype: str = IMAGE_TYPE) -> np.ndarray:
     """A checked thermal frame -> H x W uint8 / uint16 / float32 raw values; raises FrameError.
 
-    A float frame is scanned for NaN/Inf here, once (``thermal.non_finite``).
+    A CompressedImage is decoded keeping its depth (a 16-bit PNG keeps the raw counts; a JPEG
+    has 8 bits). A float frame is scanned for NaN/Inf here, once (``thermal.non_finite``).
     """
-    raw = ros_image.image_to_numpy(msg, check=False)
+    if msgtype == COMPRESSED_TYPE:
+        try:
+            raw = imaging.decode_mono(msg.data)
+        except ValueError as exc:
+            raise FrameError('thermal.decode_failed',
+                             f'thermal CompressedImage ({msg.format!r}, {len(msg.data)} bytes) '
+                             f'cannot be decoded: {exc}') from None
+    else:
+        raw = ros_image.image_to_numpy(msg, check=False)
     check_finite(raw)
     return raw
+
+
+def input_types(cfg) -> Tuple[str, str]:
+    """(RGB, thermal) message types the node subscribes with ``cfg``'s ``*_transport``."""
+    return tuple(COMPRESSED_TYPE if getattr(cfg, f'{name}_transport', 'raw') == 'compressed'
+                 else IMAGE_TYPE for name in STREAM_NAMES)
 
 
 def check_finite(raw: np.ndarray) -> None:
@@ -166,21 +181,21 @@ def register_pair(vis: np.ndarray, raw_thermal: np.ndarray, cfg: FusionConfig,
     return v, t
 
 
-def prepare_pair(rgb_msg, thermal_msg, cfg: FusionConfig,
-                 rgb_type: str = IMAGE_TYPE) -> Tuple[np.ndarray, np.ndarray]:
+def prepare_pair(rgb_msg, thermal_msg, cfg: FusionConfig, rgb_type: str = IMAGE_TYPE,
+                 thermal_type: str = IMAGE_TYPE) -> Tuple[np.ndarray, np.ndarray]:
     """Decode and register one checked pair (:func:`check_frame` passed on both).
 
     Returns float32 ``vis`` (H x W x 3) and ``ir`` (H x W) in [0, 1] in the RGB frame (or
     ``output_size``). Raises FrameError with a drop reason.
     """
     vis = decode_visible(rgb_msg, rgb_type)  # H x W x 3 RGB or H x W mono
-    raw = decode_thermal(thermal_msg)  # h x w uint8 / uint16 / float32
+    raw = decode_thermal(thermal_msg, thermal_type)  # h x w uint8 / uint16 / float32
     return register_pair(vis, raw, cfg, finite_checked=True)
 
 
-def check_and_prepare(rgb_msg, thermal_msg, cfg: FusionConfig,
-                      rgb_type: str = IMAGE_TYPE) -> Tuple[np.ndarray, np.ndarray]:
+def check_and_prepare(rgb_msg, thermal_msg, cfg: FusionConfig, rgb_type: str = IMAGE_TYPE,
+                      thermal_type: str = IMAGE_TYPE) -> Tuple[np.ndarray, np.ndarray]:
     """:func:`check_frame` on both messages, then :func:`prepare_pair` (for tools and tests)."""
     check_frame(RGB, rgb_msg, rgb_type)
-    check_frame(THERMAL, thermal_msg)
-    return prepare_pair(rgb_msg, thermal_msg, cfg, rgb_type)
+    check_frame(THERMAL, thermal_msg, thermal_type)
+    return prepare_pair(rgb_msg, thermal_msg, cfg, rgb_type, thermal_type)

@@ -3,7 +3,9 @@
 Topics (relative names, so they follow the node namespace and remapping):
 
 * subscribes ``rgb/image_raw`` (rgb8, bgr8, rgba8, bgra8, mono8), ``thermal/image_raw`` (mono8,
-  mono16, 16UC1, 32FC1) and, with ``publish_camera_info``, ``rgb/camera_info``;
+  mono16, 16UC1, 32FC1) and, with ``publish_camera_info``, ``rgb/camera_info``; with
+  ``rgb_transport`` / ``thermal_transport`` ``compressed``, sensor_msgs/CompressedImage on
+  ``<remapped topic>/compressed`` instead (decoded in the worker, :mod:`ssvif_ros.frames`);
 * publishes ``fused/image`` (rgb8), ``fused/segmentation`` (mono8 class ids),
   ``fused/segmentation_color`` (rgb8 palette, optionally blended over the fused image),
   ``fused/camera_info`` and ``/diagnostics`` (DiagnosticArray, about 1 Hz).
@@ -43,12 +45,13 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ssvif_ros import frames, imaging, ros_image, runtime
 from ssvif_ros.backends import BackendError, create_backend
-from ssvif_ros.node_params import (make_config, model_path, NODE_NAME, PARAM_NAMES, PARAMETERS,
-                                   REFERENCE_SIZE, StartupError)
+from ssvif_ros.node_params import (EXIT_START_FAILED, EXIT_WORKER_DIED, make_config, model_path,
+                                   NODE_NAME, PARAM_NAMES, PARAMETERS, REFERENCE_SIZE,
+                                   StartupError)
 from ssvif_ros.node_stats import alignment_status, diagnostic_status, NodeStats
 from ssvif_ros.node_worker import FusionWorker
 from ssvif_ros.pairing import ApproxTimePairer
@@ -73,6 +76,7 @@ class FusionNode(LifecycleNode):
 
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
+        self._bad_params: Dict[str, str] = {}  # name -> why its override was refused
         self._declare_parameters()
         # Latest (w, h) seen per stream: what thermal_homography is checked against on set.
         self._sizes = [REFERENCE_SIZE, REFERENCE_SIZE]
@@ -123,19 +127,23 @@ class FusionNode(LifecycleNode):
             durability=DurabilityPolicy.VOLATILE,
             reliability=(ReliabilityPolicy.RELIABLE if cfg.qos_reliability == 'reliable'
                          else ReliabilityPolicy.BEST_EFFORT))
-        self._subs = [
-            self.create_subscription(Image, 'rgb/image_raw',
-                                     lambda m: self._on_image(RGB, m), in_qos),
-            self.create_subscription(Image, 'thermal/image_raw',
-                                     lambda m: self._on_image(THERMAL, m), in_qos),
-        ]
+        self._subs = []
+        topics = []
+        for stream, base, msgtype in zip((RGB, THERMAL), ('rgb/image_raw', 'thermal/image_raw'),
+                                         frames.input_types(cfg)):
+            topic = self.resolve_topic_name(base)  # remapped first, as image_transport does
+            if msgtype == frames.COMPRESSED_TYPE:
+                topic += '/compressed'
+            self._subs.append(self.create_subscription(
+                CompressedImage if msgtype == frames.COMPRESSED_TYPE else Image, topic,
+                lambda m, s=stream, t=msgtype: self._on_image(s, m, t), in_qos))
+            topics.append(topic)
         if cfg.publish_camera_info:
             self._subs.append(self.create_subscription(
                 CameraInfo, 'rgb/camera_info', self._on_camera_info, in_qos))
         self._active = True
         self.get_logger().info(
-            f'fusing {self.resolve_topic_name("rgb/image_raw")} + '
-            f'{self.resolve_topic_name("thermal/image_raw")} with {self._backend.describe()} '
+            f'fusing {topics[0]} + {topics[1]} with {self._backend.describe()} '
             f'(model {self._model_label}, slop {cfg.slop} s, input QoS {cfg.qos_reliability}/'
             f'{cfg.qos_depth})')
         return super().on_activate(state)
@@ -164,6 +172,11 @@ class FusionNode(LifecycleNode):
         return SUCCESS
 
     def _configure(self) -> None:
+        if self._bad_params:
+            # What rclpy said, per parameter; its default stays in place until it is set.
+            refused = '; '.join(f'{name}: {why.removesuffix(": " + name)}'
+                                for name, why in self._bad_params.items())
+            raise StartupError(f'invalid parameter value at start (params file or -p): {refused}')
         try:
             cfg = make_config(self._param_values(), self._checked_sizes)
         except ValueError as exc:
@@ -242,7 +255,10 @@ class FusionNode(LifecycleNode):
             try:
                 self.declare_parameter(spec.name, spec.default, desc)
             except ParameterException as exc:
-                raise StartupError(f'invalid parameter {spec.name}: {exc}') from None
+                # A bad override (params file, -p): declare the default and let configure
+                # answer success: false with the reason, instead of ending the process here.
+                self._bad_params[spec.name] = str(exc)
+                self.declare_parameter(spec.name, spec.default, desc, ignore_override=True)
 
     def _param_values(self) -> Dict[str, Any]:
         return {name: self.get_parameter(name).value for name in PARAM_NAMES}
@@ -267,6 +283,8 @@ class FusionNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, params: List[Parameter]) -> None:
+        for p in params:
+            self._bad_params.pop(p.name, None)  # set to a valid value since
         if self._config is None:
             return  # unconfigured: read at configure
         cfg = make_config(self._param_values(), self._checked_sizes)
@@ -284,16 +302,18 @@ class FusionNode(LifecycleNode):
         self.get_logger().warning(f'dropped ({reason}): {text}',
                                   throttle_duration_sec=WARN_THROTTLE_SEC)
 
-    def _on_image(self, stream: int, msg: Image) -> None:
+    def _on_image(self, stream: int, msg, msgtype: str = frames.IMAGE_TYPE) -> None:
         self._stats.count_input(stream)
         cfg = self._config
         try:
             # metadata only; the worker decodes the pixels
-            frames.check_frame(stream, msg, max_pixels=cfg.max_input_pixels if cfg else 0)
+            frames.check_frame(stream, msg, msgtype,
+                               max_pixels=cfg.max_input_pixels if cfg else 0)
         except frames.FrameError as exc:
             self._drop(exc.reason, str(exc))
             return
-        self._sizes[stream] = (int(msg.width), int(msg.height))
+        if msgtype == frames.IMAGE_TYPE:  # a CompressedImage's size is known once decoded
+            self._sizes[stream] = (int(msg.width), int(msg.height))
         pairer, worker = self._pairer, self._worker
         if pairer is None or worker is None:
             return
@@ -418,10 +438,10 @@ def main(args=None) -> int:
         pass
     except StartupError as exc:
         log.error(f'cannot start: {exc}')
-        code = 1
+        code = EXIT_START_FAILED
     except WorkerDied as exc:
         log.fatal(f'exiting: {exc}')
-        code = 1
+        code = EXIT_WORKER_DIED
     finally:
         if node is not None:
             node.close()

@@ -481,6 +481,29 @@ def decode_image(buf) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def decode_mono(buf) -> np.ndarray:
+    """Decode an encoded single-plane image in memory, keeping its depth: H x W uint8/uint16.
+
+    For thermal CompressedImage data: OpenCV ``IMREAD_UNCHANGED`` keeps a 16-bit PNG's raw
+    counts (``IMREAD_COLOR`` would cut them to 8 bits); a colour image (a camera publishing
+    gray as BGR) is converted to gray. Raises ValueError when the bytes cannot be decoded or
+    the depth is not 8/16-bit unsigned or float32.
+    """
+    import cv2
+    arr = np.frombuffer(buf, dtype=np.uint8)  # (n,) encoded bytes
+    img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED)  # H x W [x C], the stored depth, or None
+    if img is None or img.size == 0:
+        raise ValueError(f'cannot decode {len(arr)} bytes as an image')
+    if img.dtype not in (np.uint8, np.uint16, np.float32):
+        raise ValueError(f'decoded image has depth {img.dtype}, not uint8, uint16 or float32')
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    elif img.ndim == 3:
+        code = cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+        img = cv2.cvtColor(img, code)  # H x W, same depth
+    return img
+
+
 def write_image(path, img: np.ndarray) -> None:
     """Write an RGB (H x W x 3) or mono uint8/uint16 image (PNG keeps 16 bits; TIFF float32)."""
     import cv2

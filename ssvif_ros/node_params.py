@@ -35,9 +35,18 @@ MAX_OUTPUT_PIXELS = 7680 * 4320
 # 5 MP (2560x2048): 1080p, 1440p and machine-vision 5 MP cameras; 4K UHD needs a raise.
 DEFAULT_MAX_INPUT_PIXELS = 2560 * 2048
 MAX_SIDE = 16384
+# Input transports: sensor_msgs/Image on the topic, or CompressedImage on <topic>/compressed.
+TRANSPORTS = ('raw', 'compressed')
 # Frame size assumed when checking thermal_homography before any frame has arrived.
 REFERENCE_SIZE = (640, 512)
 FrameSizes = Tuple[Tuple[int, int], Tuple[int, int]]
+
+
+# Exit codes of the node process: its start failed (bad parameter or model: a restart would
+# only repeat it), or it ran until its inference worker died (a restart may help). The launch
+# file's respawn and systemd's RestartPreventExitStatus tell them apart.
+EXIT_START_FAILED = 2
+EXIT_WORKER_DIED = 1
 
 
 class StartupError(RuntimeError):
@@ -124,6 +133,15 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               comment='fused/segmentation_color: 0 = palette, >0 = blend over fused'),
     ParamSpec('publish_color', True, 'Publish `fused/segmentation_color`', values='bool',
               comment='publish fused/segmentation_color'),
+    ParamSpec('rgb_transport', 'raw', 'RGB input: `raw` subscribes sensor_msgs/Image on '
+              '`rgb/image_raw`, `compressed` sensor_msgs/CompressedImage on '
+              '`rgb/image_raw/compressed` (JPEG, PNG; decoded with OpenCV)', read_only=True,
+              values=', '.join(TRANSPORTS),
+              comment='raw: Image on rgb/image_raw | compressed: <that>/compressed'),
+    ParamSpec('thermal_transport', 'raw', 'Thermal input, as `rgb_transport` on '
+              '`thermal/image_raw`; a 16-bit PNG keeps the raw counts, JPEG has 8 bits',
+              read_only=True, values=', '.join(TRANSPORTS),
+              comment='raw | compressed (16-bit PNG keeps the counts)'),
     ParamSpec('publish_camera_info', False, 'Republish `rgb/camera_info` as '
               '`fused/camera_info`', read_only=True, values='bool',
               comment='republish rgb/camera_info as fused/camera_info'),
@@ -178,6 +196,8 @@ class FusionConfig:
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
     alignment_check_every: int = 0
     alignment_warn_below: float = 0.1
+    rgb_transport: str = 'raw'
+    thermal_transport: str = 'raw'
 
 
 def _choice(values: Dict[str, Any], name: str, choices: Sequence[str]) -> str:
@@ -300,7 +320,9 @@ def make_config(values: Dict[str, Any],
         publish_camera_info=bool(values['publish_camera_info']),
         max_input_pixels=int(values['max_input_pixels']),
         alignment_check_every=int(values['alignment_check_every']),
-        alignment_warn_below=float(values['alignment_warn_below']))
+        alignment_warn_below=float(values['alignment_warn_below']),
+        rgb_transport=_choice(values, 'rgb_transport', TRANSPORTS),
+        thermal_transport=_choice(values, 'thermal_transport', TRANSPORTS))
 
 
 def model_path(model: str, backend: str) -> Optional[str]:

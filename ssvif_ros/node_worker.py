@@ -123,7 +123,8 @@ class FusionWorker:
         t0 = time.perf_counter()
         rgb_msg, thermal_msg = pair.items
         try:
-            vis, ir = frames.prepare_pair(rgb_msg, thermal_msg, cfg)  # H x W x 3, H x W
+            vis, ir = frames.prepare_pair(rgb_msg, thermal_msg, cfg,
+                                          *frames.input_types(cfg))  # H x W x 3, H x W
         except frames.FrameError as exc:
             self._drop(exc.reason, str(exc))
             return

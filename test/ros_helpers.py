@@ -50,9 +50,10 @@ def set_stamp(msg, ns: int, frame_id: str = 'cam'):
     return msg
 
 
-def start_node(log_path, params=(), env=None, namespace=None, script=None):
+def start_node(log_path, params=(), env=None, namespace=None, script=None, ros_args=()):
     """Start ``python -m ssvif_ros.fusion_node`` (or ``script``) with ``-p`` per 'name:=value'.
 
+    ``ros_args``: more ``--ros-args`` items, e.g. ``('--params-file', path)``.
     Its output goes to ``log_path`` (``proc.log_path``; read it with :func:`node_log`).
     """
     cmd = [sys.executable] + ([str(script)] if script else ['-m', 'ssvif_ros.fusion_node'])
@@ -61,6 +62,7 @@ def start_node(log_path, params=(), env=None, namespace=None, script=None):
         cmd += ['-p', p]
     if namespace:
         cmd += ['-r', f'__ns:={namespace}']
+    cmd += list(ros_args)
     with open(log_path, 'w') as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     proc.log_path = log_path

@@ -832,7 +832,7 @@ def test_frames_above_max_input_pixels_are_dropped_on_arrival_and_cost_no_memory
     (['backend:=torch', 'device:=abc'], 'abc'),
     (['model:={bad_card}'], 'pad_multiple'),
 ])
-def test_node_start_with_a_bad_model_or_device_is_one_line_exit_1(tmp_path, params, words):
+def test_node_start_with_a_bad_model_or_device_is_one_line_exit_2(tmp_path, params, words):
     pytest.importorskip('rclpy', reason='rclpy (ROS 2) not installed')
     bad_card = model_copy(tmp_path, pad_multiple=None)
     cmd = [sys.executable, '-m', 'ssvif_ros.fusion_node', '--ros-args']
@@ -841,7 +841,7 @@ def test_node_start_with_a_bad_model_or_device_is_one_line_exit_1(tmp_path, para
     res = subprocess.run(cmd, cwd=REPO, env=node_env(), capture_output=True, text=True,
                          timeout=60)
     out = (res.stdout + res.stderr).strip()
-    assert res.returncode == 1, out[-2000:]
+    assert res.returncode == 2, out[-2000:]  # a failed start (a restart would repeat it)
     assert 'Traceback' not in out and 'weights_only=False' not in out, out[-2000:]
     assert 'cannot start' in out.splitlines()[-1] and words in out.splitlines()[-1], out
 

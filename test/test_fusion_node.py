@@ -675,3 +675,18 @@ def test_pair_publisher_tool_stamps_and_encodings(ros, tmp_path):
     finally:
         for s in subs:
             ros.node.destroy_subscription(s)
+
+
+@pytest.mark.parametrize('args,words', [
+    ([], ['--data', '--synthetic', 'SSVIF_DATA']),  # nothing guessed from the install tree
+    (['--data', '/nonexistent/pairs'], ['/nonexistent/pairs', 'does not exist']),
+])
+def test_pair_publisher_without_usable_data_is_one_line_exit_2(tmp_path, args, words):
+    env = process_env(DOMAIN_ID)
+    env.pop('SSVIF_DATA', None)
+    res = subprocess.run([sys.executable, '-m', 'ssvif_ros.tools.pair_publisher', *args],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    err = res.stderr.strip()
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+    assert 'subfolder' not in err

@@ -197,6 +197,40 @@ def test_after_a_failed_configure_the_model_can_be_set_and_configure_retried(tmp
         assert stop(proc) == 0, node_log(proc)
 
 
+def test_a_bad_value_in_the_params_file_fails_configure_not_the_process(tmp_path):
+    """A refused params-file value: configure answers false with the reason; set, it works."""
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+    ns = '/lcbadfile'
+    params = tmp_path / 'bad.yaml'
+    params.write_text('/**/fusion_node:\n  ros__parameters:\n    backend: maxluma\n'
+                      '    autostart: false\n    slop: 5.0\n    queue_size: many\n')
+    proc = start_node(tmp_path / 'node.log', (), process_env(DOMAIN_ID), namespace=ns,
+                      ros_args=('--params-file', str(params)))
+    m = Manager(ns)
+    try:
+        assert m.state() == 'unconfigured', node_log(proc)
+        assert not m.transition(Transition.TRANSITION_CONFIGURE)
+        assert m.state() == 'unconfigured' and proc.poll() is None, node_log(proc)
+        line = [t for t in node_log(proc).splitlines() if 'configure failed' in t]
+        assert len(line) == 1, node_log(proc)
+        assert 'slop' in line[0] and '5.0' in line[0] and 'queue_size' in line[0], line
+        # Both set to valid values: the next configure succeeds, without a restart.
+        client = m.node.create_client(SetParameters, f'{ns}/fusion_node/set_parameters')
+        req = SetParameters.Request(parameters=[
+            Parameter(name='slop', value=ParameterValue(
+                type=ParameterType.PARAMETER_DOUBLE, double_value=0.01)),
+            Parameter(name='queue_size', value=ParameterValue(
+                type=ParameterType.PARAMETER_INTEGER, integer_value=4))])
+        assert all(r.successful for r in m.call(client, req, 20.0).results)
+        assert m.transition(Transition.TRANSITION_CONFIGURE), node_log(proc)
+        assert m.state() == 'inactive'
+        assert 'Traceback' not in node_log(proc)
+    finally:
+        m.close()
+        assert stop(proc) == 0, node_log(proc)
+
+
 def test_standalone_autostart_needs_no_manager(tmp_path):
     """``ros2 run`` without a manager: autostart configures and activates at once."""
     ns = '/lcauto'

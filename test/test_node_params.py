@@ -98,7 +98,9 @@ def test_launch_arguments_are_prefixed_and_the_environment_is_the_nodes_only():
              for n in ast.walk(tree) if isinstance(n, ast.Call)}
     # nothing that changes the launch's own environment (it would reach every later process)
     assert not {'SetEnvironmentVariable', 'AppendEnvironmentVariable'} & calls
-    assert 'LifecycleNode' in calls and 'ChangeState' in calls and 'Shutdown' in calls
+    assert 'LifecycleNode' in calls and 'Shutdown' in calls
+    # launch sends no ChangeState: a request to a respawned node can be lost (see the test below)
+    assert 'ChangeState' not in calls and 'OnProcessStart' not in calls
     keywords = {k.arg for n in ast.walk(tree) if isinstance(n, ast.Call)
                 and getattr(n.func, 'id', '') == 'LifecycleNode' for k in n.keywords}
     assert {'additional_env', 'on_exit', 'respawn'} <= keywords
@@ -108,7 +110,16 @@ def test_launch_arguments_are_prefixed_and_the_environment_is_the_nodes_only():
     assert reads and all(isinstance(r.args[0], ast.BinOp) for r in reads)
 
 
-def test_launch_leaves_autostart_to_itself():
-    # The node must not configure itself under launch, or the ChangeState events would fail.
-    assert "overrides = {'autostart': False}" in LAUNCH.read_text()
+def test_launch_lets_the_node_configure_itself_on_every_start():
+    # Every start of the process, a respawn too, is configured and activated by the node itself
+    # (its autostart parameter, from the fusion_autostart argument): a ChangeState sent by
+    # launch to a respawned node while the dead one's service is still known is lost.
+    text = LAUNCH.read_text()
+    assert "overrides = {'autostart': autostart," in text
+    assert "autostart = parse_bool('autostart', _arg(context, 'autostart'))" in text
     assert 'autostart' in PARAM_NAMES
+    # A start that failed (exit 2) shuts launch down instead of respawning it every 2 s.
+    assert 'EXIT_START_FAILED' in text and node_params.EXIT_START_FAILED == 2
+    # A Shutdown is only emitted while launch is not shutting down already (Ctrl-C): a second
+    # one stops launch_ros's ROS adapter twice and ros2 launch exits 1.
+    assert 'context.is_shutdown' in text and 'exit_context.is_shutdown' in text

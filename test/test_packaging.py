@@ -40,3 +40,21 @@ def test_wheel_contains_and_imports_every_module(tmp_path):
     res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                          timeout=300, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_colcon_test_finds_a_pytest_dependency():
+    # colcon-core's pytest step matches a package whose setup() declares pytest in
+    # extras_require['test']; without it colcon test falls back to unittest and runs none of
+    # these tests. colcon reads the setup() options as run_setup does.
+    code = ('import distutils.core, json\n'
+            "d = distutils.core.run_setup('setup.py', stop_after='init')\n"
+            "print(json.dumps({'extras': d.extras_require}))\n")
+    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-2000:]
+    import json
+    opts = json.loads(res.stdout.strip().splitlines()[-1])
+    assert 'pytest' in opts['extras']['test']
+    xml = (REPO / 'package.xml').read_text()
+    for dep in ('python3-pytest', 'launch_pytest', 'ros2lifecycle'):
+        assert f'<test_depend>{dep}</test_depend>' in xml, dep

@@ -16,6 +16,7 @@ send them: mono16 = ``7000 + 8 v`` (radiometric counts using a few thousand of t
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 import sys
 import time
@@ -64,7 +65,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument('--data', help='MSRS-layout folder with vi/ and ir/ '
-                     '(default: <shared data>/msrs/val)')
+                     '(default: $SSVIF_DATA/msrs/val; without SSVIF_DATA it is required)')
     src.add_argument('--synthetic', type=int, metavar='N',
                      help='publish N generated frames of the synthetic scene instead')
     p.add_argument('--size', default='640x480', help='synthetic image size WxH')
@@ -109,7 +110,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         frames = [synthetic_scene(i, w, h) for i in range(args.synthetic)]
         source = f'{args.synthetic} synthetic frames ({w}x{h})'
     else:
-        folder = Path(args.data) if args.data else shared_data_dir() / 'msrs' / 'val'
+        if args.data:
+            folder = Path(args.data)
+        elif os.environ.get('SSVIF_DATA'):
+            folder = shared_data_dir() / 'msrs' / 'val'
+        else:
+            # Never guessed from this module's location: installed, that is the install tree.
+            print('pair_publisher: no input: pass --data DIR (a folder with vi/ and ir/), '
+                  '--synthetic N, or set SSVIF_DATA (then $SSVIF_DATA/msrs/val)', file=sys.stderr)
+            return 2
         try:
             frames = load_pairs(folder, args.limit)
         except (FileNotFoundError, ValueError) as exc:
