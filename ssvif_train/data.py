@@ -17,8 +17,11 @@ Every item is ``(vis, ir, label)``: label an H x W int64 tensor of class ids, 25
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 import os
+import sys
+import tempfile
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -26,6 +29,37 @@ import numpy as np
 from ssvif_ros import imaging, labels as lbl
 from ssvif_train.discovery import (check_pairs, DatasetError, discover_pairs, DiscoveryReport,
                                    Pair, split_pairs)
+
+
+@contextmanager
+def _stderr_captured(lines: List[str]):
+    """Route the process's stderr (fd 2) to a temp file for the block; its lines into ``lines``.
+
+    libpng prints ``libpng error: ...`` itself to fd 2 before OpenCV returns None, ahead of the
+    one-line error that names the file; captured, it becomes part of that line instead.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as cap:
+        os.dup2(cap.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            cap.seek(0)
+            lines.extend(ln.strip() for ln in cap.read().decode('utf-8', 'replace').splitlines()
+                         if ln.strip())
+
+
+def read_image(path: str, mode: str) -> np.ndarray:
+    """:func:`ssvif_ros.imaging.read_image`; DatasetError naming ``path`` (and libpng's reason)."""
+    said: List[str] = []
+    try:
+        with _stderr_captured(said):
+            return imaging.read_image(path, mode=mode)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(str(exc) + (f' ({"; ".join(said)})' if said else '')) from None
 
 
 @dataclass
@@ -107,11 +141,8 @@ class PairDataset:
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         p = self.pairs[index]
-        try:
-            vis = imaging.read_image(p.vi, mode='rgb')
-            ir = imaging.read_image(p.ir, mode='gray')
-        except (OSError, ValueError) as exc:
-            raise DatasetError(str(exc)) from exc
+        vis = read_image(p.vi, 'rgb')
+        ir = read_image(p.ir, 'gray')
         if vis.shape[:2] != ir.shape[:2]:
             if self.resize == 'ir_to_vi':
                 ir = imaging.resize(ir, (vis.shape[1], vis.shape[0]))
@@ -133,10 +164,7 @@ class PairDataset:
             return lbl.boxes_to_mask(self.boxes[index], (w, h), ir, spec.box_margin,
                                      spec.box_core, spec.box_z_hot)
         if kind == 'pixels':
-            try:
-                raw = imaging.read_image(p.label, mode='gray')
-            except (OSError, ValueError) as exc:
-                raise DatasetError(str(exc)) from exc
+            raw = read_image(p.label, 'gray')
             if raw.dtype != np.uint8:
                 raise DatasetError(f'pixel label must be 8-bit class ids: {p.label}')
             if raw.shape != (h, w):
