@@ -14,6 +14,7 @@ import csv
 import io
 import math
 import os
+import threading
 from typing import Dict, List
 
 from ssvif_train.checkpoints import TrainingError, write_atomic
@@ -42,6 +43,25 @@ def _writing(path: str):
         raise TrainingError(f'cannot write {exc.filename or path}: {why}') from None
 
 
+def _quiet_tensorboard_thread_errors() -> None:
+    """Keep the traceback of TensorBoard's writer thread off stderr; its error is reported once.
+
+    The thread stores a failed write (a full disk) for the main thread, whose next call raises it
+    (and :func:`_writing` makes it one line naming ``tb/``), and then re-raises it itself, which
+    Python prints as "Exception in thread ...". Only that thread's OSError is silenced.
+    """
+    previous = threading.excepthook
+    if getattr(previous, 'ssvif_tensorboard', False):
+        return
+
+    def hook(args):
+        if not (issubclass(args.exc_type, OSError)
+                and type(args.thread).__name__ == '_AsyncWriterThread'):
+            previous(args)
+    hook.ssvif_tensorboard = True
+    threading.excepthook = hook
+
+
 class RunLog:
     """Step and epoch logs of one run; every method is a no-op when ``enabled`` is False."""
 
@@ -61,6 +81,7 @@ class RunLog:
             self._cut_step_log(global_step)
             self._rewrite_epoch_log(history)
         tb = os.path.join(self.out_dir, 'tb')
+        _quiet_tensorboard_thread_errors()
         with _writing(tb):
             self.writer = SummaryWriter(tb, purge_step=global_step if global_step else None)
         mode = 'a' if global_step else 'w'

@@ -280,6 +280,18 @@ def test_a_full_disk_under_steps_csv_is_one_line(base_run, tmp_path):
     assert_one_line_error(res, 2, f'cannot write {out / "steps.csv"}', 'No space left on device')
 
 
+def test_a_full_disk_under_tensorboard_is_one_line(base_run, tmp_path, small_disk):
+    """tb/ on a full tmpfs: TensorBoard's writer thread fails, the trainer says so once."""
+    out = copy_run(base_run, tmp_path)
+    shutil.rmtree(out / 'tb')
+    (small_disk / 'tb').mkdir()
+    fill(small_disk)
+    os.symlink(small_disk / 'tb', out / 'tb')
+    res = run_cli('ssvif_train.cli', '--out', out, '--resume', '--set', 'train.epochs=2')
+    assert_one_line_error(res, 2, f'cannot write {out / "tb"}', 'No space left on device')
+    assert 'Exception in thread' not in res.stderr, res.stderr[-3000:]
+
+
 @pytest.mark.parametrize('workers', [0, 2])
 def test_a_corrupt_png_is_one_line_naming_it(tmp_path, workers):
     need_msrs()
