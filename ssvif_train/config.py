@@ -326,12 +326,19 @@ Override = Union[str, Tuple[str, Any]]
 
 
 def yaml_error_text(exc: yaml.YAMLError, source: str = '') -> str:
-    """One line for a YAML error, ``source:line:col: problem`` (PyYAML's message spans lines)."""
+    """One line for a YAML error (PyYAML's message spans lines).
+
+    ``source:line:col: problem (context)`` for a file, ``column col: problem`` without one.
+    """
     mark = getattr(exc, 'problem_mark', None)
     problem = getattr(exc, 'problem', None) or (str(exc).strip().splitlines() or ['?'])[0]
-    where = f'{source}:{mark.line + 1}:{mark.column + 1}' if mark is not None else source
     context = getattr(exc, 'context', None)
-    return (f'{where}: ' if where else '') + problem + (f' ({context})' if context else '')
+    text = problem + (f' ({context})' if context else '')
+    if mark is None:
+        return f'{source}: {text}' if source else text
+    if source:
+        return f'{source}:{mark.line + 1}:{mark.column + 1}: {text}'
+    return f'column {mark.column + 1}: {text}'
 
 
 def apply_override(data: Dict[str, Any], assignment: Override) -> None:
@@ -349,7 +356,7 @@ def apply_override(data: Dict[str, Any], assignment: Override) -> None:
             value = yaml.safe_load(raw) if raw.strip() else ''
         except yaml.YAMLError as exc:
             raise ConfigError(f'override {assignment!r}: value is not valid YAML: '
-                              f'{yaml_error_text(exc, "value")}') from None
+                              f'{yaml_error_text(exc)}') from None
     key = key.strip()
     parts = key.split('.')
     if not key or any(not p for p in parts):
@@ -412,8 +419,8 @@ def load_config(path: Optional[str], overrides: Sequence[Override] = ()) -> Conf
         except IsADirectoryError:
             raise ConfigError(f'config file {path} is a folder, not a YAML file') from None
         except UnicodeDecodeError as exc:
-            raise ConfigError(f'config file {path} is not UTF-8 text (byte {exc.start}: '
-                              f'{exc.reason})') from None
+            raise ConfigError(f'config file {path} is not UTF-8 text (byte '
+                              f'{exc.object[exc.start:exc.start + 1]!r}: {exc.reason})') from None
         except OSError as exc:
             raise ConfigError(f'cannot read config file {path}: {exc.strerror or exc}') from None
         except yaml.YAMLError as exc:
