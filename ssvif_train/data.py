@@ -38,18 +38,32 @@ def _stderr_captured(lines: List[str]):
     libpng prints ``libpng error: ...`` itself to fd 2 before OpenCV returns None, ahead of the
     one-line error that names the file; captured, it becomes part of that line instead.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as cap:
-        os.dup2(cap.fileno(), 2)
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        cap = tempfile.TemporaryFile()
+    except (OSError, ValueError):  # no stderr, or no room for the capture: read uncaptured
+        cap = None
+    saved = None
+    if cap is not None:
         try:
-            yield
-        finally:
+            saved = os.dup(2)
+            os.dup2(cap.fileno(), 2)
+        except OSError:
+            if saved is not None:
+                os.close(saved)
+            saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
             os.dup2(saved, 2)
             os.close(saved)
             cap.seek(0)
             lines.extend(ln.strip() for ln in cap.read().decode('utf-8', 'replace').splitlines()
                          if ln.strip())
+        if cap is not None:
+            cap.close()
 
 
 def read_image(path: str, mode: str) -> np.ndarray:
