@@ -342,18 +342,18 @@ class Trainer:
     def run(self) -> Dict:
         """Train until ``train.epochs``, early stopping or the end; return the final summary."""
         sch = self.schedule
-        self.logs.open(sch.global_step, self.history)
-        try:
+        try:  # the folder stays locked until ranks.json, the last file, is written
+            self.logs.open(sch.global_step, self.history)
             while sch.epoch < self.cfg.train.epochs:
                 if sch.should_stop():
                     log.info('early stop: no validation improvement for %d epochs',
                              sch.bad_epochs)
                     break
                 self._run_epoch()
+            self.dist.check_in_sync(self.net, self.out_dir)
         finally:
             self.logs.close()
             self.release()
-        self.dist.check_in_sync(self.net, self.out_dir)
         return {'epoch': sch.epoch, 'stage': sch.stage, 'best_val': sch.best_val,
                 'monitor': sch.monitor_name(sch.stage), 'history': self.history}
 
