@@ -188,6 +188,20 @@ def write_calibrated(checkpoint: str, record: Dict, out: str) -> None:
     atomic_torch_save(ckpt, out)
 
 
+def out_refusal(out: str, checkpoint: str) -> str:
+    """Why ``out`` must not be written ('' when it may): the input, or a file of a run folder."""
+    from ssvif_train.checkpoints import is_run_file
+    same = os.path.abspath(out) == os.path.abspath(checkpoint) or (
+        os.path.exists(out) and os.path.exists(checkpoint) and os.path.samefile(out, checkpoint))
+    if same:
+        return 'would overwrite the input checkpoint'
+    if is_run_file(out):
+        return f'is a file of the training run in {os.path.dirname(os.path.abspath(out))}'
+    if os.path.isdir(out):
+        return 'is a folder'
+    return ''
+
+
 def _grid(text: str) -> List[float]:
     try:
         vals = [float(v) for v in text.split(',') if v.strip()]
@@ -221,8 +235,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help='calibrated checkpoint (default: <checkpoint>-calibrated.pt)')
     args = ap.parse_args(argv)
     out = args.out or os.path.splitext(args.checkpoint)[0] + '-calibrated.pt'
-    if os.path.abspath(out) == os.path.abspath(args.checkpoint):
-        print(f'{PROG}: error: --out {out} would overwrite the input checkpoint', file=sys.stderr)
+    why = out_refusal(out, args.checkpoint)
+    if why:
+        print(f'{PROG}: error: --out {out} {why}; write the calibrated copy beside it '
+              '(the default is <checkpoint>-calibrated.pt)', file=sys.stderr)
         return 2
     from ssvif_train.discovery import DatasetError
     try:

@@ -1,17 +1,25 @@
 """A training run's folder: what it holds, how it is prepared, and its checkpoint files.
 
 A run folder holds :data:`RUN_FILES` and :data:`RUN_DIRS`; any of them means the folder holds a
-run (refused without ``--resume`` or ``--overwrite``, and removed by ``--overwrite``). Nothing else
-in the folder is touched. Checkpoints are written atomically (temp file + rename); ``best.pt`` is
-a copy of ``last.pt`` made right after it, so a kill between the two can only leave ``best.pt``
-one epoch stale, which :func:`repair_best` fixes on resume.
+run (refused without ``--resume`` or ``--overwrite``, and removed by ``--overwrite`` once the new
+run's data and model are checked, :func:`remove_run`). Nothing else in the folder is touched.
+While a trainer owns the folder it holds an exclusive ``flock`` on the folder itself
+(:class:`RunLock`): a second trainer there is refused, and the kernel drops the lock when its
+owner dies, so a killed run never blocks its ``--resume``.
+
+Checkpoints are written atomically (temp file + rename); ``best.pt`` is a copy of ``last.pt``
+made right after it, so a kill between the two can only leave ``best.pt`` one epoch stale, which
+:func:`repair_best` fixes on resume.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import glob
 import json
 import logging
 import os
+import re
 import shutil
 
 import torch
@@ -36,11 +44,42 @@ def first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def prepare_run_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
-    """Create ``out_dir``, refuse one holding a run (unless resume/overwrite), clean temp files.
+class RunLock:
+    """An exclusive ``flock`` on a run folder, held while a trainer writes into it.
 
-    ``overwrite`` removes the files of the earlier run (:data:`RUN_FILES`, ``tb/``) and nothing
-    else. Raises TrainingError naming the folder and the reason.
+    The lock is on the folder's own file descriptor, so no lock file is left in the run; the
+    kernel releases it when the process ends, however it ends.
+    """
+
+    def __init__(self, out_dir: str):
+        self.fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self.fd)
+            self.fd = None
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise TrainingError(f'run folder {out_dir} is in use by another ssvif-train '
+                                    'process (wait for it to end, or use another --out)') from None
+            raise TrainingError(f'cannot lock run folder {out_dir}: '
+                                f'{exc.strerror or exc}') from None
+
+    def release(self) -> None:
+        """Drop the lock (safe to call twice)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __del__(self):
+        self.release()
+
+
+def prepare_run_dir(out_dir: str, resume: bool, overwrite: bool) -> RunLock:
+    """Create and lock ``out_dir``; refuse one holding a run (unless resume/overwrite).
+
+    Returns the folder's :class:`RunLock`. Removes temp files of interrupted saves; the files of
+    an earlier run stay until :func:`remove_run` (``--overwrite``, after the new run's checks).
+    Raises TrainingError naming the folder and the reason.
     """
     if resume and overwrite:
         raise TrainingError('--resume and --overwrite exclude each other')
@@ -52,6 +91,16 @@ def prepare_run_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
         raise TrainingError(f'cannot create run folder {out_dir}: {exc.strerror or exc}') from None
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise TrainingError(f'run folder {out_dir} is not writable')
+    lock = RunLock(out_dir)   # before the clean-up: temp files may be a running save's
+    try:
+        _check_run_dir(out_dir, resume, overwrite)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _check_run_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
     # Temporary files of saves that a kill interrupted (one per kill, as large as a checkpoint).
     for name in RUN_FILES:
         for tmp in glob.glob(os.path.join(glob.escape(out_dir), f'.{name}.tmp*')):
@@ -59,7 +108,7 @@ def prepare_run_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
                 os.remove(tmp)
             except OSError:
                 pass
-    held = [n for n in RUN_FILES + RUN_DIRS if os.path.exists(os.path.join(out_dir, n))]
+    held = run_files(out_dir)
     if resume:
         last = os.path.join(out_dir, 'last.pt')
         if not os.path.isfile(last):
@@ -67,16 +116,23 @@ def prepare_run_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
                    '--overwrite)' if held else '')
             raise TrainingError(f'--resume: no checkpoint at {last}{why}')
         return
-    if not held:
-        return
-    if not overwrite:
+    if held and not overwrite:
         raise TrainingError(f'run folder {out_dir} already holds a run ({", ".join(held)}); '
                             'continue it with --resume, replace it with --overwrite, or use '
                             'another --out')
-    for name in held:
+
+
+def run_files(out_dir: str) -> list:
+    """The names of :data:`RUN_FILES` and :data:`RUN_DIRS` present in ``out_dir``."""
+    return [n for n in RUN_FILES + RUN_DIRS if os.path.lexists(os.path.join(out_dir, n))]
+
+
+def remove_run(out_dir: str) -> None:
+    """``--overwrite``: remove the earlier run's files (:data:`RUN_FILES`, ``tb/``), only them."""
+    for name in run_files(out_dir):
         path = os.path.join(out_dir, name)
         try:
-            if os.path.isdir(path):
+            if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
             else:
                 os.remove(path)
@@ -85,17 +141,38 @@ def prepare_run_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
                                 f'{exc.strerror or exc}') from None
 
 
+def is_run_file(path: str) -> bool:
+    """True when ``path`` is one of the files of a run folder (a run's checkpoint, log...).
+
+    Tools that write beside a run (ssvif-calibrate) refuse such a path.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    return name in RUN_FILES and bool(run_files(folder))
+
+
 def write_run_info(out_dir: str, cfg, summary: str, n_train: int, n_val: int) -> None:
-    """Write ``config.json`` and ``dataset.txt``; TrainingError when the folder refuses."""
+    """Write ``config.json`` and ``dataset.txt`` atomically; TrainingError naming the file."""
+    for name, text in (('config.json', json.dumps(cfg.to_dict(), indent=2)),
+                       ('dataset.txt', f'{summary}\ntrain {n_train} val {n_val}\n')):
+        write_atomic(os.path.join(out_dir, name), text)
+
+
+def check_same_split(out_dir: str, n_train: int, n_val: int) -> None:
+    """``--resume``: the data must split as the run's did (``dataset.txt``); else TrainingError.
+
+    The data paths may change on resume (a moved dataset), other pairs may not.
+    """
+    path = os.path.join(out_dir, 'dataset.txt')
     try:
-        with open(os.path.join(out_dir, 'config.json'), 'w', encoding='utf-8') as f:
-            json.dump(cfg.to_dict(), f, indent=2)
-        with open(os.path.join(out_dir, 'dataset.txt'), 'w', encoding='utf-8') as f:
-            f.write(summary + '\n')
-            f.write(f'train {n_train} val {n_val}\n')
-    except OSError as exc:
-        raise TrainingError(f'cannot write to run folder {out_dir}: '
-                            f'{exc.strerror or exc}') from None
+        with open(path, encoding='utf-8') as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return  # no record to compare with
+    m = re.fullmatch(r'train (\d+) val (\d+)', lines[-1]) if lines else None
+    if m and (int(m[1]), int(m[2])) != (n_train, n_val):
+        raise TrainingError(f'--resume: the data gives {n_train} training and {n_val} validation '
+                            f'pairs, but the run was trained on {m[1]} and {m[2]} ({path}); '
+                            'resume with the data it was trained on')
 
 
 def read_checkpoint(path: str) -> dict:
@@ -156,11 +233,21 @@ def repair_best(out_dir: str, best_epoch: int, epoch: int) -> None:
 
 
 def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and a rename."""
+    """Write ``text`` to ``path`` via a temp file in the same folder and a rename.
+
+    TrainingError naming ``path`` when the write fails (a full disk): ``path`` is unchanged and
+    no temp file is left.
+    """
     tmp = os.path.join(os.path.dirname(path) or '.', f'.{os.path.basename(path)}.tmp{os.getpid()}')
-    with open(tmp, 'w', newline='', encoding='utf-8') as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'w', newline='', encoding='utf-8') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise TrainingError(f'cannot write {path}: {exc.strerror or exc}') from None
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
 
 
 def copy_atomic(src: str, dst: str) -> None:

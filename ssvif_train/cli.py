@@ -45,17 +45,21 @@ def main(argv=None) -> int:
     from ssvif_train.config import ConfigError, load_config
     from ssvif_train.discovery import DatasetError
     from ssvif_train.trainer import Trainer, TrainingError
+    # Paths from flags are (key, value) pairs taken literally: never parsed as YAML, so
+    # 'rec #2', '2024' or 'a: b' stay folder names.
     overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f'data.root={args.data}')
-    if args.vi:
-        overrides.append(f'data.vi={args.vi}')
-    if args.ir:
-        overrides.append(f'data.ir={args.ir}')
-    if args.boxes:
-        overrides.append(f'data.boxes={args.boxes}')
+    for key, value in (('data.root', args.data), ('data.vi', args.vi), ('data.ir', args.ir),
+                       ('data.boxes', args.boxes)):
+        if value:
+            overrides.append((key, value))
     if args.extra:
-        overrides.append('data.extra=[' + ', '.join(repr(e) for e in args.extra) + ']')
+        overrides.append(('data.extra', list(args.extra)))
+    if args.resume and args.config:
+        # The run's configuration is in its last.pt; a file given again would be ignored.
+        print(f'ssvif-train: error: --resume continues with the configuration saved in '
+              f'{args.out}/last.pt and does not read {args.config}; give changes with --set',
+              file=sys.stderr)
+        return 2
     try:
         cfg = load_config(args.config, overrides)
         if args.write_masks:

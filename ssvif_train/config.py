@@ -1,7 +1,9 @@
 """Training configuration: dataclasses loaded from YAML; unknown keys are errors.
 
 ``load_config(path, overrides)`` reads a YAML file whose top-level sections are the fields of
-:class:`Config`, then applies ``--set a.b=c`` overrides (values parsed as YAML scalars).
+:class:`Config`, then applies ``--set a.b=c`` overrides (values parsed as YAML scalars) and
+``(key, value)`` pairs taken literally (the paths of ssvif-train's flags: never parsed, so
+``rec #2`` or ``2024`` stay folder names).
 """
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 import hashlib
 import json
-from typing import Any, Dict, List, Optional, Sequence
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -225,11 +228,22 @@ def validate(cfg: Config) -> Config:
     for key, choices in _CHOICES.items():
         if flat[key] not in choices:
             raise ConfigError(f'{key} must be one of {choices}, got {flat[key]!r}')
+    for key, v in flat.items():  # .nan and .inf read as floats: no setting means them
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f'{key} must be a finite number, got {v}')
     positive = ('data.crop', 'train.epochs', 'train.batch_size', 'model.num_classes',
                 'model.head_hidden', 'train.log_every', 'train.stage1_max_epochs')
     for key in positive:
         if flat[key] < 1:
             raise ConfigError(f'{key} must be >= 1, got {flat[key]}')
+    # 0 means "off" or "all" for these; a negative count would silently mean 0 too.
+    non_negative = ('train.patience', 'data.max_pairs', 'train.steps_per_epoch',
+                    'data.val_crop', 'data.workers', 'train.threads', 'train.val_metric_images')
+    for key in non_negative:
+        if flat[key] < 0:
+            raise ConfigError(f'{key} must be >= 0, got {flat[key]}')
+    _check_thermal(cfg.data)
+    _check_model(cfg.model)
     if cfg.model.classes == 'msrs' and not 4 <= cfg.model.num_classes <= 9:
         raise ConfigError(f'model.num_classes must be 4..9 with model.classes msrs (background, '
                           f'car, person, bike, ... of MSRS), got {cfg.model.num_classes}')
@@ -267,6 +281,38 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def _check_thermal(d: DataConfig) -> None:
+    """The thermal normalization as ssvif_ros.imaging.ThermalNorm checks it, keys named."""
+    from ssvif_ros.imaging import ThermalNorm
+    if d.thermal_norm == 'fixed' and (d.thermal_lo is None or d.thermal_hi is None):
+        missing = [k for k in ('thermal_lo', 'thermal_hi') if getattr(d, k) is None]
+        raise ConfigError(f'data.thermal_norm fixed needs data.thermal_lo and data.thermal_hi '
+                          f'(missing: {", ".join("data." + k for k in missing)})')
+    try:
+        ThermalNorm(d.thermal_norm, d.thermal_lo, d.thermal_hi, d.thermal_p_lo, d.thermal_p_hi)
+    except ValueError as exc:
+        keys = ('data.thermal_lo, data.thermal_hi' if 'fixed' in str(exc)
+                else 'data.thermal_p_lo, data.thermal_p_hi')
+        raise ConfigError(f'{keys}: {exc}') from None
+
+
+def _check_model(m: ModelConfig) -> None:
+    """model.name is a registered model and model.args are arguments it takes."""
+    import inspect
+    from ssvif_train.models import registry
+    names = registry.available_models()
+    if m.name not in names:
+        raise ConfigError(f'model.name must be one of {", ".join(names)}; got {m.name!r}')
+    params = inspect.signature(registry.model_class(m.name)).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    takes = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    bad = sorted(set(m.args) - set(takes))
+    if bad:
+        raise ConfigError(f'model.args.{bad[0]}: model {m.name} has no argument {bad[0]!r}; '
+                          f'its arguments: {", ".join(takes)}')
+
+
 def _flatten(d: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
     out = {}
     for k, v in d.items():
@@ -277,19 +323,45 @@ def _flatten(d: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
     return out
 
 
-def apply_override(data: Dict[str, Any], assignment: str) -> None:
-    """Apply one ``a.b=c`` override to a nested dict (value parsed as YAML)."""
-    if '=' not in assignment:
-        raise ConfigError(f'override {assignment!r} is not of the form key=value')
-    key, raw = assignment.split('=', 1)
+Override = Union[str, Tuple[str, Any]]
+
+
+def yaml_error_text(exc: yaml.YAMLError, source: str = '') -> str:
+    """One line for a YAML error (PyYAML's message spans lines).
+
+    ``source:line:col: problem (context)`` for a file, ``column col: problem`` without one.
+    """
+    mark = getattr(exc, 'problem_mark', None)
+    problem = getattr(exc, 'problem', None) or (str(exc).strip().splitlines() or ['?'])[0]
+    context = getattr(exc, 'context', None)
+    text = problem + (f' ({context})' if context else '')
+    if mark is None:
+        return f'{source}: {text}' if source else text
+    if source:
+        return f'{source}:{mark.line + 1}:{mark.column + 1}: {text}'
+    return f'column {mark.column + 1}: {text}'
+
+
+def apply_override(data: Dict[str, Any], assignment: Override) -> None:
+    """Apply one override to a nested dict.
+
+    ``'a.b=c'``: the value is parsed as YAML; ``('a.b', value)``: the value is taken literally.
+    """
+    if isinstance(assignment, tuple):
+        key, value = assignment
+    else:
+        if '=' not in assignment:
+            raise ConfigError(f'override {assignment!r} is not of the form key=value')
+        key, raw = assignment.split('=', 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ''
+        except yaml.YAMLError as exc:
+            raise ConfigError(f'override {assignment!r}: value is not valid YAML: '
+                              f'{yaml_error_text(exc)}') from None
     key = key.strip()
     parts = key.split('.')
     if not key or any(not p for p in parts):
         raise ConfigError(f'override {assignment!r} has an empty key')
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ''
-    except yaml.YAMLError as exc:
-        raise ConfigError(f'override {assignment!r}: value is not valid YAML: {exc}') from exc
     node = data
     for p in parts[:-1]:
         node = node.setdefault(p, {})
@@ -298,15 +370,45 @@ def apply_override(data: Dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def config_from_dict(data: Dict[str, Any], overrides: Sequence[str] = ()) -> Config:
-    """Build and validate a Config from a nested dict plus ``key=value`` overrides."""
+def config_from_dict(data: Dict[str, Any], overrides: Sequence[Override] = ()) -> Config:
+    """Build and validate a Config from a nested dict plus overrides (:func:`apply_override`)."""
     data = json.loads(json.dumps(data or {}))  # deep copy, plain types
     for ov in overrides:
         apply_override(data, ov)
     return validate(_build(Config, data, ''))
 
 
-def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
+# What ``--resume`` may change: settings that do not shape what the run already did (and that the
+# resumed run applies: the epoch and patience limits, a constant learning rate, where the data
+# is, how it is loaded). Any other change is refused; see doc/training.md.
+RESUME_KEYS = frozenset({'train.epochs', 'train.patience', 'train.lr', 'train.progress',
+                         'train.threads', 'train.device', 'data.workers', 'data.cache',
+                         'data.root', 'data.vi', 'data.ir', 'data.boxes', 'data.extra'})
+
+
+def resume_config(saved: Dict[str, Any], overrides: Sequence[Override] = ()) -> Config:
+    """The configuration of a resumed run: the saved one plus the overrides it may take.
+
+    ConfigError naming every key whose change ``--resume`` refuses (:data:`RESUME_KEYS`; with
+    ``train.lr_schedule: cosine`` also train.epochs and train.lr, which shape its curve).
+    """
+    before = _flatten(config_from_dict(saved).to_dict())
+    cfg = config_from_dict(saved, overrides)
+    after = _flatten(cfg.to_dict())
+    changed = [k for k in after if after[k] != before.get(k)]
+    allowed = RESUME_KEYS
+    if cfg.train.lr_schedule == 'cosine':
+        allowed = allowed - {'train.epochs', 'train.lr'}
+    bad = [k for k in changed if k not in allowed]
+    if bad:
+        what = ', '.join(f'{k} {before.get(k)!r} -> {after[k]!r}' for k in bad)
+        raise ConfigError(f'--resume cannot change {what}: the run was trained with it (on '
+                          f'resume only {", ".join(sorted(allowed))} may change); start a new '
+                          'run with --set train.init=RUN/last.pt instead')
+    return cfg
+
+
+def load_config(path: Optional[str], overrides: Sequence[Override] = ()) -> Config:
     """Read a YAML config (``None`` = defaults), apply overrides, validate."""
     data: Dict[str, Any] = {}
     if path:
@@ -315,8 +417,15 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
                 data = yaml.safe_load(f) or {}
         except FileNotFoundError:
             raise ConfigError(f'config file not found: {path}') from None
+        except IsADirectoryError:
+            raise ConfigError(f'config file {path} is a folder, not a YAML file') from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f'config file {path} is not UTF-8 text (byte '
+                              f'{exc.object[exc.start:exc.start + 1]!r}: {exc.reason})') from None
+        except OSError as exc:
+            raise ConfigError(f'cannot read config file {path}: {exc.strerror or exc}') from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f'config file {path} is not valid YAML: {exc}') from exc
+            raise ConfigError(yaml_error_text(exc, path)) from None
         if not isinstance(data, dict):
             raise ConfigError(f'config file {path} must hold a mapping at top level')
     try:

@@ -28,6 +28,14 @@ from ssvif_train.discovery import (check_pairs, DatasetError, discover_pairs, Di
                                    Pair, split_pairs)
 
 
+def read_image(path: str, mode: str) -> np.ndarray:
+    """:func:`ssvif_ros.imaging.read_image`, its errors as a DatasetError naming ``path``."""
+    try:
+        return imaging.read_image(path, mode=mode)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(str(exc)) from None
+
+
 @dataclass
 class LabelSpec:
     """How pairs' label files become semantic pixel labels (see :mod:`ssvif_ros.labels`)."""
@@ -107,11 +115,8 @@ class PairDataset:
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         p = self.pairs[index]
-        try:
-            vis = imaging.read_image(p.vi, mode='rgb')
-            ir = imaging.read_image(p.ir, mode='gray')
-        except (OSError, ValueError) as exc:
-            raise DatasetError(str(exc)) from exc
+        vis = read_image(p.vi, 'rgb')
+        ir = read_image(p.ir, 'gray')
         if vis.shape[:2] != ir.shape[:2]:
             if self.resize == 'ir_to_vi':
                 ir = imaging.resize(ir, (vis.shape[1], vis.shape[0]))
@@ -133,10 +138,7 @@ class PairDataset:
             return lbl.boxes_to_mask(self.boxes[index], (w, h), ir, spec.box_margin,
                                      spec.box_core, spec.box_z_hot)
         if kind == 'pixels':
-            try:
-                raw = imaging.read_image(p.label, mode='gray')
-            except (OSError, ValueError) as exc:
-                raise DatasetError(str(exc)) from exc
+            raw = read_image(p.label, 'gray')
             if raw.dtype != np.uint8:
                 raise DatasetError(f'pixel label must be 8-bit class ids: {p.label}')
             if raw.shape != (h, w):

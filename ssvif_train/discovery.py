@@ -32,7 +32,18 @@ LAYOUTS = {
 
 
 class DatasetError(ValueError):
-    """The dataset cannot be used; the message names the folder or file at fault."""
+    """The dataset cannot be used; the message names the folder or file at fault.
+
+    A DataLoader worker's error reaches the main process as ``DatasetError(text)`` with the
+    worker's whole traceback in ``text``; only its last line, the original message, is kept.
+    """
+
+    def __init__(self, message: str = ''):
+        text = str(message)
+        if text.startswith('Caught DatasetError in DataLoader worker'):
+            lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+            text = lines[-1].split('DatasetError: ', 1)[-1]
+        super().__init__(text)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import torch
 
-from ssvif_train.checkpoints import TrainingError
+from ssvif_train.checkpoints import TrainingError, write_atomic
 
 
 def pick_device(want: str) -> torch.device:
@@ -163,10 +163,17 @@ class Dist:
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         digests = [None] * self.world
         dist.all_gather_object(digests, h.hexdigest())
-        if self.rank == 0:
-            with open(os.path.join(out_dir, 'ranks.json'), 'w', encoding='utf-8') as f:
-                json.dump({'world_size': self.world, 'param_digests': digests}, f, indent=2)
+        failed = None
+        if self.rank == 0:  # a failed write is raised after the barrier: no rank waits forever
+            try:
+                write_atomic(os.path.join(out_dir, 'ranks.json'),
+                             json.dumps({'world_size': self.world, 'param_digests': digests},
+                                        indent=2))
+            except TrainingError as exc:
+                failed = exc
         dist.barrier()
         dist.destroy_process_group()
+        if failed is not None:
+            raise failed
         if len(set(digests)) != 1:
             raise TrainingError(f'ranks ended with different parameters: {digests}')

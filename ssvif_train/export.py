@@ -22,6 +22,15 @@ from ssvif_ros import imaging, labels
 
 CARD_FORMAT = 'ssvif-model/1'
 INPUT_NAMES = ['vis', 'ir']
+# Opset 11 brought Resize with the coordinate modes the deployed graph's upsampling needs (at 9
+# the export runs but the fused image differs from torch's by 4e-2).
+MIN_OPSET = 11
+
+
+def max_opset() -> int:
+    """The newest opset torch's exporter writes (it prints its whole graph for a newer one)."""
+    from torch.onnx import _constants  # no public name for it
+    return int(getattr(_constants, 'ONNX_MAX_OPSET', 20))
 
 
 def export_onnx(graph, path: str, opset: int, probe_hw) -> None:
@@ -45,9 +54,15 @@ def export_onnx(graph, path: str, opset: int, probe_hw) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            torch.onnx.export(graph, (vis, ir), tmp, input_names=INPUT_NAMES,
-                              output_names=outputs, dynamic_axes=dyn, opset_version=opset,
-                              do_constant_folding=True, dynamo=False)
+            try:
+                torch.onnx.export(graph, (vis, ir), tmp, input_names=INPUT_NAMES,
+                                  output_names=outputs, dynamic_axes=dyn, opset_version=opset,
+                                  do_constant_folding=True, dynamo=False)
+            except OSError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the exporter's errors have no common type
+                text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ValueError(f'ONNX export at opset {opset} failed: {text}') from None
         import onnx
         model = onnx.load(tmp)
         onnx.checker.check_model(model, full_check=True)
@@ -167,12 +182,25 @@ def export(checkpoint: str, out_dir: str, opset: int = 17, seg_upsample: str = '
     return card
 
 
+def parse_max_size(text: str) -> tuple:
+    """``--max-size WxH`` as (H, W); ValueError naming the flag when it is not two sizes."""
+    parts = text.lower().split('x')
+    try:
+        w, h = (int(v) for v in parts)
+    except ValueError:
+        raise ValueError(f'--max-size {text!r} is not WIDTHxHEIGHT (e.g. 1920x1088)') from None
+    if w < 1 or h < 1:
+        raise ValueError(f'--max-size {text!r}: width and height must be >= 1')
+    return h, w
+
+
 def main(argv=None) -> int:
     """Entry point of ssvif-export; exit 0 ok, 2 bad input, 3 engine build impossible here."""
     ap = argparse.ArgumentParser(prog='ssvif-export', description=__doc__.split('\n\n')[0])
     ap.add_argument('checkpoint', help='training checkpoint (RUN/best.pt or RUN/last.pt)')
     ap.add_argument('--out', required=True, help='output model folder')
-    ap.add_argument('--opset', type=int, default=17, help='ONNX opset (default 17)')
+    ap.add_argument('--opset', type=int, default=17,
+                    help=f'ONNX opset, {MIN_OPSET} or later (default 17)')
     ap.add_argument('--seg-upsample', choices=('bilinear', 'nearest'), default='bilinear',
                     help='class map: arg-max of bilinearly upsampled logits, or nearest-'
                          'upsampled low-resolution arg-max (cheaper)')
@@ -187,6 +215,16 @@ def main(argv=None) -> int:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         print(f'ssvif-export: error: --out {args.out} is an existing file, not a folder',
               file=sys.stderr)
+        return 2
+    # Every argument is checked before anything is written (no empty --out folder left).
+    try:
+        if not MIN_OPSET <= args.opset <= max_opset():
+            raise ValueError(f'--opset {args.opset}: must be {MIN_OPSET}..{max_opset()} (the '
+                             f'deployed graph needs {MIN_OPSET}, torch exports up to '
+                             f'{max_opset()})')
+        max_hw = parse_max_size(args.max_size)
+    except ValueError as exc:
+        print(f'ssvif-export: error: {exc}', file=sys.stderr)
         return 2
     try:
         card = export(args.checkpoint, args.out, args.opset, args.seg_upsample, args.logits,
@@ -208,9 +246,8 @@ def main(argv=None) -> int:
     if args.engine:
         from ssvif_ros import trt_engine
         try:
-            w, h = (int(v) for v in args.max_size.lower().split('x'))
             path = trt_engine.build_engine(os.path.join(args.out, 'model.onnx'),
-                                           fp16=args.fp16, max_hw=(h, w),
+                                           fp16=args.fp16, max_hw=max_hw,
                                            pad_multiple=card['pad_multiple'])
         except trt_engine.TensorRTUnavailable as exc:
             print(f'ssvif-export: cannot build the TensorRT engine: {exc}. The ONNX model in '

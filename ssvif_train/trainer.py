@@ -42,10 +42,11 @@ import torch
 
 from ssvif_ros.progress import bar as progress_bar
 from ssvif_train import losses
-from ssvif_train.checkpoints import (CHECKPOINT_FORMAT, copy_atomic, first_line,
-                                     prepare_run_dir, read_checkpoint, read_init_weights,
-                                     repair_best, TrainingError, write_run_info)
-from ssvif_train.config import Config, config_from_dict
+from ssvif_train.checkpoints import (check_same_split, CHECKPOINT_FORMAT, copy_atomic,
+                                     first_line, prepare_run_dir, read_checkpoint,
+                                     read_init_weights, remove_run, repair_best, TrainingError,
+                                     write_run_info)
+from ssvif_train.config import Config, ConfigError, resume_config
 from ssvif_train.data import build_datasets
 from ssvif_train.distributed import Dist, pick_device, set_deterministic
 from ssvif_train.models.registry import atomic_torch_save
@@ -74,15 +75,33 @@ class Trainer:
     def __init__(self, cfg: Config, out_dir: str, resume: bool = False,
                  overrides: tuple = (), overwrite: bool = False):
         self.out_dir = out_dir
-        ckpt = None
+        self.run_lock = None
         # The global rank is known from the environment before the process group exists: only
-        # rank 0 prepares the folder, the others would see rank 0's first files as a 'run'.
+        # rank 0 prepares (and locks) the folder, the others would see rank 0's first files as
+        # a 'run'.
         if int(os.environ.get('RANK', 0)) == 0:
-            prepare_run_dir(out_dir, resume, overwrite)
+            self.run_lock = prepare_run_dir(out_dir, resume, overwrite)
+        try:
+            self._setup(cfg, resume, overrides, overwrite)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give the run folder free for another trainer (done at the end of :meth:`run`)."""
+        if self.run_lock is not None:
+            self.run_lock.release()
+
+    def _setup(self, cfg: Config, resume: bool, overrides: tuple, overwrite: bool):
+        out_dir = self.out_dir
+        ckpt = None
         if resume:
             ckpt = read_checkpoint(os.path.join(out_dir, 'last.pt'))
-            # The saved configuration wins; only command-line overrides apply on top.
-            cfg = config_from_dict(ckpt['config'], overrides)
+            # The saved configuration wins; overrides apply on top where resume allows them.
+            try:
+                cfg = resume_config(ckpt['config'], overrides)
+            except ConfigError as exc:
+                raise TrainingError(f'{os.path.join(out_dir, "last.pt")}: {exc}') from None
         self.cfg = cfg
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
@@ -93,6 +112,8 @@ class Trainer:
         self.train_ds, self.val_ds, self.report = build_datasets(cfg)
         if len(self.train_ds) < 1:
             raise TrainingError('the training split is empty')
+        if ckpt is not None:
+            check_same_split(out_dir, len(self.train_ds), len(self.val_ds))
         self.semantic = cfg.model.classes == 'msrs'
         self.sup_weights = (torch.tensor(cfg.loss.sup_class_weights, dtype=torch.float32)
                             if cfg.loss.sup_class_weights else None)
@@ -140,6 +161,8 @@ class Trainer:
                                     f'this configuration: {first_line(exc)}') from None
             if self.dist.rank == 0:
                 repair_best(out_dir, self.schedule.best_epoch, self.schedule.epoch)
+        if overwrite and self.dist.rank == 0:
+            remove_run(out_dir)  # only now: data, model and train.init have been checked
         self.logs = RunLog(out_dir, enabled=self.dist.rank == 0)
         if self.dist.rank == 0:
             write_run_info(out_dir, cfg, self.report.summary(), len(self.train_ds),
@@ -187,6 +210,9 @@ class Trainer:
         else:
             self.net.load_records(ckpt)
         self.optimizer.load_state_dict(ckpt['optimizer'])
+        if self.lr_schedule is None:  # a constant rate is the config's (--resume may change it)
+            for group in self.optimizer.param_groups:
+                group['lr'] = self.cfg.train.lr
         if self.lr_schedule is not None and ckpt.get('lr_schedule'):
             self.lr_schedule.load_state_dict(ckpt['lr_schedule'])
         self.weighting.load_state_dict(ckpt['weighting'])
@@ -361,17 +387,18 @@ class Trainer:
     def run(self) -> Dict:
         """Train until ``train.epochs``, early stopping or the end; return the final summary."""
         sch = self.schedule
-        self.logs.open(sch.global_step, self.history)
-        try:
+        try:  # the folder stays locked until ranks.json, the last file, is written
+            self.logs.open(sch.global_step, self.history)
             while sch.epoch < self.cfg.train.epochs:
                 if sch.should_stop():
                     log.info('early stop: no validation improvement for %d epochs',
                              sch.bad_epochs)
                     break
                 self._run_epoch()
+            self.dist.check_in_sync(self.net, self.out_dir)
         finally:
             self.logs.close()
-        self.dist.check_in_sync(self.net, self.out_dir)
+            self.release()
         return {'epoch': sch.epoch, 'stage': sch.stage, 'best_val': sch.best_val,
                 'monitor': sch.monitor_name(sch.stage), 'history': self.history}
 
@@ -403,15 +430,22 @@ class Trainer:
             else:
                 if self.ema is not None:
                     self.ema.update_parameters(self.net)
-                for k, v in row.items():
+                for k, v in row.items():   # a mean over the steps where the value is finite
                     if isinstance(v, float) and math.isfinite(v):
                         sums[k] = sums.get(k, 0.0) + v
                         counts[k] = counts.get(k, 0) + 1
-            if sch.global_step % cfg.train.log_every == 0:
+            # Under AMP a non-finite loss is an overflow the scaler answers with a lower scale
+            # (a skipped step); in full precision it means the run diverged.
+            diverged = not self.use_amp and not math.isfinite(row['loss_total'])
+            if diverged or sch.global_step % cfg.train.log_every == 0:
                 full = {'global_step': sch.global_step, 'epoch': sch.epoch + 1,
                         'stage': sch.stage, 'lr': self.optimizer.param_groups[0]['lr']}
                 full.update(row)
                 self.logs.step(sch.global_step, full)
+            if diverged:
+                bar.close()
+                raise TrainingError(self._diverged(f'loss_total is {row["loss_total"]} at '
+                                                   f'step {i + 1}'))
             bar.update(1)
             bar.set_postfix(loss=f'{row["loss_total"]:.3f}', omega=f'{row["omega_csc"]:.3f}',
                             refresh=False)
@@ -419,12 +453,24 @@ class Trainer:
         if n == 0:
             raise TrainingError('an epoch had no training step (dataset smaller than one batch?)')
         if skipped == n:
-            raise TrainingError(f'every step of epoch {sch.epoch + 1} was skipped: the gradients '
-                                'were not finite (diverged, or train.amp overflows; try '
-                                'train.amp=false)')
+            raise TrainingError(self._diverged(
+                'every step was skipped: the gradients were not finite (with train.amp, try '
+                'train.amp=false)'))
+        if 'loss_fusion' not in sums:
+            raise TrainingError(self._diverged('no step had a finite loss'))
+        if not all(bool(torch.isfinite(p).all()) for p in self.net.parameters()):
+            raise TrainingError(self._diverged(f'the weights are not finite after step {n}'))
         means = {k: v / counts[k] for k, v in sums.items()}
         means['skipped'] = float(skipped)  # a count, not a mean
         return means
+
+    def _diverged(self, what: str) -> str:
+        """The one-line message of a run stopped by a non-finite loss or weights."""
+        done = self.schedule.epoch
+        kept = (f'{os.path.join(self.out_dir, "last.pt")} keeps epoch {done}, the last good one'
+                if done else 'no epoch completed, so nothing was saved')
+        return (f'training diverged in epoch {done + 1}: {what} (train.lr '
+                f'{self.cfg.train.lr:g}); stopped, {kept}')
 
     def _run_epoch(self):
         t0 = time.time()

@@ -28,10 +28,10 @@ def test_unknown_key_is_an_error_naming_it(tmp_path):
 
 
 def test_overrides_parse_yaml_values_and_types_are_checked(tmp_path):
-    cfg = load_config(None, ['train.epochs=3', 'train.csc=false', 'model.args={width: 8}',
+    cfg = load_config(None, ['train.epochs=3', 'train.csc=false', 'model.args={widths: [8, 8, 8]}',
                              'train.val_metrics=EN,SSIM', 'weighting.method=dwa'])
     assert cfg.train.epochs == 3 and cfg.train.csc is False
-    assert cfg.model.args == {'width': 8} and cfg.train.val_metrics == ['EN', 'SSIM']
+    assert cfg.model.args == {'widths': [8, 8, 8]} and cfg.train.val_metrics == ['EN', 'SSIM']
     assert load_config(None, ['train.lr=1e-4']).train.lr == 1e-4  # YAML 1.1 reads a string
     assert load_config(None, ['data.thermal_lo=2e3']).data.thermal_lo == 2000.0
     with pytest.raises(ConfigError, match='data.thermal_hi must be a number'):

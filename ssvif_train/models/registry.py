@@ -23,6 +23,14 @@ def available_models():
     return sorted(_REGISTRY)
 
 
+def model_class(name: str) -> Callable:
+    """The constructor registered under ``name``; KeyError naming the available ones."""
+    _import_builtin()
+    if name not in _REGISTRY:
+        raise KeyError(f'unknown model {name!r}; available: {", ".join(sorted(_REGISTRY))}')
+    return _REGISTRY[name]
+
+
 def create_model(name: str, **cfg):
     """Build a registered model; the instance remembers ``name`` and ``cfg`` for checkpoints."""
     _import_builtin()
@@ -80,6 +88,27 @@ def load_error_reason(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+# First bytes of the files torch.save writes: a zip archive (the default since torch 1.6) or a
+# bare pickle (the legacy format); anything else is not a checkpoint at all.
+_CHECKPOINT_MAGIC = (b'PK\x03\x04', b'\x80')
+_OTHER_MAGIC = ((b'\x89PNG', 'a PNG image'), (b'\xff\xd8\xff', 'a JPEG image'),
+                (b'II*\x00', 'a TIFF image'), (b'MM\x00*', 'a TIFF image'))
+
+
+def _not_a_checkpoint(path: str) -> str:
+    """Why ``path`` is no torch checkpoint at all, judged by its first bytes ('' if it may be)."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(8)
+    except OSError:
+        return ''
+    if head.startswith(_CHECKPOINT_MAGIC):
+        return ''
+    kind = next((name for magic, name in _OTHER_MAGIC if head.startswith(magic)), '')
+    return ('it is not a PyTorch checkpoint' + (f' but {kind}' if kind else '')
+            + ' (torch.save writes a zip archive)')
+
+
 def torch_load_checked(path, map_location='cpu'):
     """``torch.load(weights_only=True)``; ValueError naming the file and the reason."""
     import torch
@@ -91,9 +120,11 @@ def torch_load_checked(path, map_location='cpu'):
     except ValueError as exc:
         if str(exc).startswith('cannot read checkpoint'):
             raise
-        raise ValueError(f'cannot read checkpoint {path}: {load_error_reason(exc)}') from None
+        why = _not_a_checkpoint(path) or load_error_reason(exc)
+        raise ValueError(f'cannot read checkpoint {path}: {why}') from None
     except Exception as exc:  # noqa: BLE001 - any unpickling/zip/I/O error is a bad file
-        raise ValueError(f'cannot read checkpoint {path}: {load_error_reason(exc)}') from None
+        why = _not_a_checkpoint(path) or load_error_reason(exc)
+        raise ValueError(f'cannot read checkpoint {path}: {why}') from None
 
 
 def record_to_model_checked(record, path):
