@@ -121,7 +121,7 @@ class FusionWorker:
         t0 = time.perf_counter()
         rgb_msg, thermal_msg = pair.items
         try:
-            vis, ir = frames.prepare_pair(rgb_msg, thermal_msg, cfg)  # H x W x 3, H x W
+            vis, ir = frames.prepare_pair(rgb_msg, thermal_msg, cfg)  # uint8 H x W x 3, H x W
         except frames.FrameError as exc:
             self._drop(exc.reason, str(exc))
             return
@@ -130,7 +130,7 @@ class FusionWorker:
             return
         t1 = time.perf_counter()
         try:
-            fused, ids = backend.infer(vis, ir)  # H x W x 3 float32, H x W uint8
+            fused, ids = backend.infer(vis, ir)  # H x W x 3 uint8, H x W uint8
         except Exception as exc:  # noqa: BLE001 - keep running, count and report
             self._fail('inference_error', exc)
             return

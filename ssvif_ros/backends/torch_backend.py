@@ -14,9 +14,11 @@ class TorchBackend(GraphBackend):
 
     def __init__(self, model: Optional[str], threads: int = 2, device: Optional[str] = None):
         import torch
-        from ssvif_train.deploy import load_graph
+        from ssvif_train.deploy import FrameGraph, load_graph
         path, card = model_card.locate(model, 'pt')
         graph, info = load_graph(path, card.get('seg_upsample', 'bilinear'))
+        # Frames in, images out, whatever the card's format: the graph is built here.
+        graph = FrameGraph(graph).eval()
         n = graph.num_classes
         card = dict(card) or {}
         card.setdefault('pad_multiple', graph.pad_multiple)
@@ -33,7 +35,7 @@ class TorchBackend(GraphBackend):
         self.model_info['file'] = path
 
     def run(self, vis, ir):
-        """Run the graph without gradients on 1 x 3 x H x W inputs."""
+        """Run the frame graph without gradients (1 x H x W x 3 uint8, 1 x H x W float32)."""
         torch = self.torch
         with torch.inference_mode():
             fused, ids = self.graph(torch.from_numpy(vis).to(self.device),
