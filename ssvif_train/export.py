@@ -65,6 +65,8 @@ def export_onnx(graph, path: str, opset: int, probe_hw) -> None:
             dim = model.graph.output[0].type.tensor_type.shape.dim[3]
             dim.Clear()
             dim.dim_value = 3
+            # The multiple the graph pads to, for the backends to check the card against.
+            onnx.helper.set_model_props(model, {'pad_multiple': str(graph.pad_multiple)})
             onnx.save(model, tmp)
         onnx.checker.check_model(model, full_check=True)
         os.replace(tmp, path)

@@ -140,6 +140,18 @@ def test_old_format_folders_load_and_unknown_formats_fail_clearly(old_format, tm
         create_backend('onnxruntime', str(newer))
 
 
+def test_a_card_misstating_the_graphs_pad_multiple_is_a_start_up_error(tmp_path):
+    import shutil
+    d = tmp_path / 'model'
+    shutil.copytree(default_model_dir(), d)
+    card = json.loads((d / 'model.json').read_text())
+    (d / 'model.json').write_text(json.dumps(dict(card, pad_multiple=16)))
+    for name in ('onnxruntime', 'torch'):
+        with pytest.raises(BackendError, match='pad_multiple 16, but the graph pads to a '
+                                               'multiple of 8'):
+            create_backend(name, str(d))
+
+
 def test_model_free_backends_return_uint8_for_uint8_and_float_frames(msrs_dir):
     _, rgb, th = next(_pairs(msrs_dir, 1))
     ir = imaging.normalize_thermal(th)

@@ -109,6 +109,17 @@ class GraphBackend(Backend):
         """The graph on one batch of the interface's tensors (see the class docstring)."""
         raise NotImplementedError
 
+    def check_pad_multiple(self, graph_multiple: int, path: str) -> None:
+        """ValueError when the card's ``pad_multiple`` is not the one the frame graph pads to.
+
+        A frame graph pads itself, so a wrong card value would not fail any inference; it is
+        still a card that misdescribes its model.
+        """
+        if int(graph_multiple) != self.pad_multiple:
+            raise ValueError(f'{path}: the model card says pad_multiple {self.pad_multiple}, '
+                             f'but the graph pads to a multiple of {int(graph_multiple)}; '
+                             're-export the model')
+
     def warm_up(self) -> None:
         """Run one inference on a small pair and check the outputs; ValueError saying why.
 

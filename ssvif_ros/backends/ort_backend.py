@@ -22,6 +22,7 @@ class OrtBackend(GraphBackend):
     def __init__(self, model: Optional[str], threads: int = 2, device: Optional[str] = None):
         import onnxruntime as ort
         path, card = model_card.locate(model, 'onnx')
+        carded = 'pad_multiple' in card
         if not card:
             card = {'pad_multiple': 32, 'num_classes': 1}
         super().__init__(card)
@@ -51,6 +52,11 @@ class OrtBackend(GraphBackend):
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise ValueError(f'ONNX Runtime cannot load {path}: {exc}') from exc
         self.frame_io = check_graph(self.session, path)
+        graph_multiple = self.session.get_modelmeta().custom_metadata_map.get('pad_multiple')
+        if self.frame_io and graph_multiple:
+            if carded:
+                self.check_pad_multiple(int(graph_multiple), path)
+            self.pad_multiple = int(graph_multiple)
         wanted_io = model_card.frame_io(card)
         if wanted_io is not None and wanted_io != self.frame_io:
             raise ValueError(f'{path} does not match its model card: the card says format '

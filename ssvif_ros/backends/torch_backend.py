@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from typing import Optional
+import warnings
 
 from ssvif_ros import model_card
 from ssvif_ros.backends.base import BackendError, GraphBackend
@@ -21,10 +22,13 @@ class TorchBackend(GraphBackend):
         graph = FrameGraph(graph).eval()
         n = graph.num_classes
         card = dict(card) or {}
+        carded = 'pad_multiple' in card
         card.setdefault('pad_multiple', graph.pad_multiple)
         card.setdefault('num_classes', n)
         card.setdefault('model', {'name': info['model_name']})
         super().__init__(card)
+        if carded:
+            self.check_pad_multiple(graph.pad_multiple, path)
         self.device = torch.device(device or 'cpu')
         if self.device.type == 'cuda' and not torch.cuda.is_available():
             raise BackendError('torch backend: device cuda requested but CUDA is not available')
@@ -37,7 +41,10 @@ class TorchBackend(GraphBackend):
     def run(self, vis, ir):
         """Run the frame graph without gradients (1 x H x W x 3 uint8, 1 x H x W float32)."""
         torch = self.torch
+        with warnings.catch_warnings():
+            # A frame decoded from a message is a read-only view; the graph never writes it.
+            warnings.simplefilter('ignore', UserWarning)
+            vis, ir = torch.from_numpy(vis), torch.from_numpy(ir)
         with torch.inference_mode():
-            fused, ids = self.graph(torch.from_numpy(vis).to(self.device),
-                                    torch.from_numpy(ir).to(self.device))
+            fused, ids = self.graph(vis.to(self.device), ir.to(self.device))
         return fused.cpu().numpy(), ids.cpu().numpy()
