@@ -265,12 +265,12 @@ def run_offline(args, cfg, model, out: Path, stems, scores_factory) -> Dict[str,
             paired += [(RGB, stamp), (THERMAL, th_stamp)]
             t0 = time.perf_counter()
             try:
-                vis, ir = prepare_pair(rgb_msg, th_msg, cfg)  # H x W x 3, H x W float32
+                vis, ir = prepare_pair(rgb_msg, th_msg, cfg)  # H x W x 3 uint8, H x W float32
             except FrameError as exc:
                 failed[(RGB, stamp)] = exc.reason
                 continue
             try:
-                fused, ids = backend.infer(vis, ir)  # H x W x 3 float32, H x W uint8
+                fused, ids = backend.infer(vis, ir)  # H x W x 3 uint8, H x W uint8
             except OutputError:  # NaN or class ids beyond the card: dropped as the node does
                 failed[(RGB, stamp)] = 'bad_output'
                 continue

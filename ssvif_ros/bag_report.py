@@ -44,7 +44,7 @@ class Scores:
 
     def add(self, stamp: int, th_stamp: int, vis: np.ndarray, ir: np.ndarray, fused8: np.ndarray,
             ids: np.ndarray, t_s: float, latency_ms: float) -> None:
-        """Score one fused frame (vis/ir: the backend's float inputs, fused8: rgb8 output)."""
+        """Score one fused frame (vis/ir: the backend's inputs, fused8: rgb8 output)."""
         vis8, ir8 = imaging.to_uint8(vis), imaging.to_uint8(ir)  # ir: the H x W thermal plane
         errs: List[str] = []
         vals = metrics.compute_fusion_metrics(vis8, ir8, fused8, names=METRICS, errors=errs)

@@ -7,7 +7,8 @@
 Each model runs in its own child process (so peak RSS belongs to that model alone) on the same
 input pair: the first MSRS validation pair from ../shared/data resized to ``--size`` or, without
 it, a synthetic pair. After ``--warmup`` runs, ``--runs`` timed calls of ``Backend.infer``
-(preprocessed float pair in, fused image and class ids out) give median / p90 / p99 latency and
+(the pair as the node has it: uint8 RGB and the normalized float thermal plane; uint8 fused
+image and class ids out) give median / p90 / p99 latency and
 pairs/s (1 / median); peak RSS is the child's ``ru_maxrss``. ``--rate HZ`` starts the timed calls
 at a camera's pace instead of back to back, as the node runs them (the cores idle between
 calls, which changes wake-up and cache effects and so the tail). With ``--compare`` both models are
@@ -37,7 +38,7 @@ from ssvif_ros.synthetic import synthetic_scene
 
 
 def bench_input(size) -> tuple:
-    """(vis, ir, source): float H x W x 3 pair of ``size = (w, h)``; MSRS if present."""
+    """(vis uint8 H x W x 3, ir float32 H x W, source) of ``size = (w, h)``; MSRS if present."""
     try:
         vi_path, ir_path = list_pairs(shared_data_dir() / 'msrs' / 'val')[0]
         vis = imaging.read_image(vi_path, mode='rgb')
@@ -49,8 +50,7 @@ def bench_input(size) -> tuple:
     if (vis.shape[1], vis.shape[0]) != tuple(size):
         vis = imaging.resize(vis, size)
         ir = imaging.resize(ir, size)
-    v, t = imaging.preprocess_pair(vis, ir)
-    return v, t, source
+    return imaging.visible_to_uint8(vis), imaging.normalize_thermal(ir), source
 
 
 def _measure(args: Dict) -> Dict:

@@ -16,6 +16,9 @@ The thermal path is one way:
    resize;
 4. the backend gets the single thermal plane (H x W) and expands it to what its model needs.
 
+The visible frame stays uint8 RGB (H x W x 3: mono repeated, alpha dropped, 16 bits rounded to
+8); the deployed graph divides by 255 itself, so the host does no float work on it.
+
 Every failure is a :class:`FrameError` whose ``reason`` is the drop counter of the node
 (``rgb.unsupported_encoding``, ``thermal.non_finite``, ``size_mismatch``, ...).
 """
@@ -144,7 +147,8 @@ def register_pair(vis: np.ndarray, raw_thermal: np.ndarray, cfg: FusionConfig,
     """Decoded frames -> the backend's inputs, registered in the RGB frame (or ``output_size``).
 
     ``vis``: H x W x 3 (or mono) uint8/uint16 RGB; ``raw_thermal``: h x w raw values. Returns
-    float32 ``vis`` H' x W' x 3 and ``ir`` H' x W', both in [0, 1]. The thermal frame is
+    ``vis`` H' x W' x 3 uint8 RGB (:func:`imaging.visible_to_uint8`: no copy for an rgb8
+    frame) and ``ir`` H' x W' float32 in [0, 1]. The thermal frame is
     normalized once, then resampled once: warped by the homography (scaled to ``output_size``)
     or resized. ``finite_checked``: the NaN/Inf scan was done already (:func:`decode_thermal`).
     Raises FrameError with a drop reason.
@@ -175,7 +179,7 @@ def register_pair(vis: np.ndarray, raw_thermal: np.ndarray, cfg: FusionConfig,
     if out != (w, h):
         vis = imaging.resize(np.ascontiguousarray(vis), out)
     try:
-        v = imaging.visible_to_float(vis)  # H' x W' x 3 float32
+        v = imaging.visible_to_uint8(vis)  # H' x W' x 3 uint8
     except ValueError as exc:
         raise FrameError('bad_pair', str(exc)) from None
     return v, t
@@ -185,8 +189,8 @@ def prepare_pair(rgb_msg, thermal_msg, cfg: FusionConfig, rgb_type: str = IMAGE_
                  thermal_type: str = IMAGE_TYPE) -> Tuple[np.ndarray, np.ndarray]:
     """Decode and register one checked pair (:func:`check_frame` passed on both).
 
-    Returns float32 ``vis`` (H x W x 3) and ``ir`` (H x W) in [0, 1] in the RGB frame (or
-    ``output_size``). Raises FrameError with a drop reason.
+    Returns uint8 ``vis`` (H x W x 3 RGB) and float32 ``ir`` (H x W, in [0, 1]) in the RGB frame
+    (or ``output_size``). Raises FrameError with a drop reason.
     """
     vis = decode_visible(rgb_msg, rgb_type)  # H x W x 3 RGB or H x W mono
     raw = decode_thermal(thermal_msg, thermal_type)  # h x w uint8 / uint16 / float32

@@ -184,6 +184,27 @@ def visible_to_float(img: np.ndarray) -> np.ndarray:
     return x
 
 
+def visible_to_uint8(img: np.ndarray) -> np.ndarray:
+    """Map a visible uint8/uint16/float RGB or mono image to C-contiguous uint8 RGB (H x W x 3).
+
+    What the model backends take: a uint8 RGB frame passes without a copy; uint16 and float
+    images are rounded with :func:`to_uint8` (exact for floats made by :func:`visible_to_float`
+    from uint8). Raises ValueError like :func:`visible_to_float`.
+    """
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        return to_uint8(visible_to_float(img))
+    if img.size == 0:
+        raise ValueError('visible image is empty (zero size)')
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
+        raise ValueError(f'visible image must be H x W x 3 (or mono), got shape {img.shape}')
+    if img.shape[2] == 1:
+        return np.repeat(img, 3, axis=2)
+    return np.ascontiguousarray(img[:, :, :3])
+
+
 def expand_thermal(ir: np.ndarray) -> np.ndarray:
     """View a float thermal frame H x W as H x W x 3 (three-channel fusion).
 
@@ -195,16 +216,20 @@ def expand_thermal(ir: np.ndarray) -> np.ndarray:
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
-    """Float [0, 1] to C-contiguous uint8 with rounding and clipping.
+    """Float [0, 1] to C-contiguous uint8 with rounding and clipping (uint8 passes unchanged).
 
     An H x W x C view of planar (C x H x W) memory, as the model backends return, is converted
     plane by plane and interleaved once with OpenCV: NumPy's strided H x W x 3 copy of a
     640 x 480 image costs about 1 ms, ``cv2.merge`` about 0.03 ms.
     """
-    y = np.multiply(x, 255.0, dtype=np.float32)  # one temporary (in x's memory order)
-    np.clip(y, 0.0, 255.0, out=y)
-    np.add(y, 0.5, out=y)
-    u = y.astype(np.uint8)  # same memory order as y
+    x = np.asarray(x)
+    if x.dtype == np.uint8:  # already rounded (the model backends' fused images)
+        u = x
+    else:
+        y = np.multiply(x, 255.0, dtype=np.float32)  # one temporary (in x's memory order)
+        np.clip(y, 0.0, 255.0, out=y)
+        np.add(y, 0.5, out=y)
+        u = y.astype(np.uint8)  # same memory order as y
     if u.flags.c_contiguous:
         return u
     if u.ndim == 3 and 1 < u.shape[2] <= 4 and u.strides[1] == 1 and u.strides[2] > 1:

@@ -11,6 +11,13 @@ import os
 from typing import Dict, Optional, Tuple
 
 CARD_NAME = 'model.json'
+# Card formats this package reads, oldest first: /1 graphs take padded N x 3 x H x W floats (the
+# backends prepare them on the host), /2 graphs take the frames (ssvif_train.deploy).
+FORMATS = ('ssvif-model/1', 'ssvif-model/2')
+FRAME_FORMAT = 'ssvif-model/2'
+#: Class id a /2 graph gives every pixel whose fused value was NaN or Inf before the graph
+#: rounded it to uint8 (where it could no longer be seen); the backends drop such frames.
+NONFINITE_ID = 255
 
 
 def locate(model: Optional[str], kind: str) -> Tuple[str, Dict]:
@@ -113,6 +120,10 @@ def validate(card: Dict, path: str) -> None:
     """Check the types and ranges of the card fields the backends use; ValueError naming them."""
     def bad(field, why):
         raise ValueError(f'model card {path}: {field} {why}, got {card.get(field)!r}')
+    if 'format' in card and card['format'] not in FORMATS:
+        raise ValueError(f'model card {path}: format {card["format"]!r} is not one this '
+                         f'ssvif_ros reads ({", ".join(FORMATS)}); update ssvif_ros or '
+                         're-export the model with its ssvif-export')
     if 'pad_multiple' in card:
         m = card['pad_multiple']
         if not _is_int(m) or not 1 <= m <= 1024:
@@ -139,3 +150,13 @@ def validate(card: Dict, path: str) -> None:
     for field in ('onnx', 'checkpoint_file'):
         if field in card and not (isinstance(card[field], str) and card[field]):
             bad(field, 'must be a file name')
+
+
+def frame_io(card: Dict) -> Optional[bool]:
+    """True when the card's graph takes frames (``ssvif-model/2``), False for ``ssvif-model/1``.
+
+    None when the card names no format (a bare model file): the caller asks the graph itself.
+    """
+    if 'format' not in card:
+        return None
+    return card['format'] == FRAME_FORMAT

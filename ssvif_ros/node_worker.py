@@ -124,7 +124,7 @@ class FusionWorker:
         rgb_msg, thermal_msg = pair.items
         try:
             vis, ir = frames.prepare_pair(rgb_msg, thermal_msg, cfg,
-                                          *frames.input_types(cfg))  # H x W x 3, H x W
+                                          *frames.input_types(cfg))  # uint8 H x W x 3, H x W
         except frames.FrameError as exc:
             self._drop(exc.reason, str(exc))
             return
@@ -133,7 +133,7 @@ class FusionWorker:
             return
         t1 = time.perf_counter()
         try:
-            fused, ids = backend.infer(vis, ir)  # H x W x 3 float32, H x W uint8
+            fused, ids = backend.infer(vis, ir)  # H x W x 3 uint8, H x W uint8
         except OutputError as exc:  # NaN or class ids beyond the card: never published
             self._fail('bad_output', exc)
             return

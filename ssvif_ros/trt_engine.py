@@ -2,7 +2,10 @@
 
 Written to the TensorRT 10 Python API (``tensorrt``; JetPack 6 ships it as python3-libnvinfer):
 ``Builder`` -> ``create_network`` -> ``OnnxParser.parse`` -> ``BuilderConfig`` with one
-optimization profile over H x W for the inputs ``vis`` and ``ir``, FP16 optional, a timing cache
+optimization profile over H x W for the inputs ``vis`` and ``ir`` (frame graphs: N x H x W x 3
+uint8 and N x H x W float32; ``ssvif-model/1`` graphs: N x 3 x H x W float32 each), FP16
+optional (the uint8 I/O tensors stay uint8: the graph's casts are its first and last nodes), a
+timing cache
 file reused across builds -> ``build_serialized_network``. The engine is cached beside the ONNX
 as ``model.<onnx sha256[:16]>.<fp16|fp32>.engine`` and rebuilt when the ONNX file changes.
 
@@ -99,6 +102,18 @@ def profile_shapes(max_hw: Tuple[int, int], opt_hw: Tuple[int, int] = (480, 640)
     return mn, opt, mx
 
 
+def frame_profile_shapes(max_hw: Tuple[int, int], opt_hw: Tuple[int, int] = (480, 640),
+                         pad_multiple: int = 8):
+    """{input name: (min, opt, max)} shapes of a frame graph's profile (any H, W >= the pad).
+
+    ``vis`` is N x H x W x 3, ``ir`` N x H x W; smaller images are padded on the host.
+    """
+    mn = (1, max(int(pad_multiple), 1), max(int(pad_multiple), 1))
+    opt = (1, int(opt_hw[0]), int(opt_hw[1]))
+    mx = (1, max(int(max_hw[0]), opt[1]), max(int(max_hw[1]), opt[2]))
+    return {'vis': tuple(s + (3,) for s in (mn, opt, mx)), 'ir': (mn, opt, mx)}
+
+
 def build_engine(onnx_path: str, fp16: bool = False, max_hw: Tuple[int, int] = (1088, 1920),
                  pad_multiple: int = 8, workspace_gib: float = 1.0,
                  force: bool = False) -> str:
@@ -122,8 +137,12 @@ def build_engine(onnx_path: str, fp16: bool = False, max_hw: Tuple[int, int] = (
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
-    mn, opt, mx = profile_shapes(max_hw, pad_multiple=pad_multiple)
-    for name in ('vis', 'ir'):
+    inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
+    if 'vis' in inputs and inputs['vis'].dtype == trt.DataType.UINT8:  # a frame graph
+        shapes = frame_profile_shapes(max_hw, pad_multiple=pad_multiple)
+    else:
+        shapes = dict.fromkeys(('vis', 'ir'), profile_shapes(max_hw, pad_multiple=pad_multiple))
+    for name, (mn, opt, mx) in shapes.items():
         profile.set_shape(name, mn, opt, mx)
     config.add_optimization_profile(profile)
     cache_file = os.path.join(os.path.dirname(onnx_path) or '.', 'timing.cache')
@@ -168,6 +187,8 @@ class EngineRunner:
         self._dtypes = {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16,
                         trt.DataType.INT32: np.int32, trt.DataType.INT64: np.int64,
                         trt.DataType.UINT8: np.uint8, trt.DataType.BOOL: np.bool_}
+        # Frame graph (uint8 vis binding) or padded floats: the backend prepares accordingly.
+        self.frame_io = self.engine.get_tensor_dtype('vis') == trt.DataType.UINT8
         self.stream = _cuda_check(cudart.cudaStreamCreate(), 'cudaStreamCreate')
         self._buffers = {}  # tensor name -> (device pointer, capacity in bytes)
 
@@ -182,12 +203,16 @@ class EngineRunner:
         return int(ptr)
 
     def run(self, vis, ir):
-        """vis, ir: N x 3 x H x W float32 NumPy -> dict of NumPy outputs by tensor name."""
+        """vis, ir NumPy in the engine's binding types -> dict of NumPy outputs by tensor name.
+
+        Frame graphs: N x H x W x 3 uint8 and N x H x W float32 in, uint8 out; ``ssvif-model/1``
+        engines: N x 3 x H x W float32 each.
+        """
         cudart = self.cudart
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for name, arr in (('vis', vis), ('ir', ir)):
-            arr = np.ascontiguousarray(arr, np.float32)
+            arr = np.ascontiguousarray(arr, self._dtypes[self.engine.get_tensor_dtype(name)])
             ptr = self._buffer(name, arr.nbytes)
             _cuda_check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d,
                                                self.stream), 'cudaMemcpyAsync (input)')

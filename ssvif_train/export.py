@@ -1,7 +1,8 @@
 """``ssvif-export CHECKPOINT --out DIR [--opset N] [--engine] [--fp16]``.
 
-Writes ``DIR/model.onnx`` (F + H, see :mod:`ssvif_train.deploy`; dynamic N, H, W) and
-``DIR/model.json`` (the model card: tensor names and shapes, class names and palette, the
+Writes ``DIR/model.onnx`` (F + H as :class:`ssvif_train.deploy.FrameGraph`: uint8 frames in,
+uint8 fused image and class ids out; dynamic N, H, W) and ``DIR/model.json`` (the model card,
+format :data:`CARD_FORMAT`: tensor names and shapes, class names and palette, the
 normalization, the pad multiple, the source checkpoint and config hash, the ONNX Runtime parity
 measured right after export). With ``--engine`` it then builds a TensorRT engine beside the ONNX
 (:mod:`ssvif_ros.trt_engine`); where TensorRT or CUDA is missing that step fails with a clear
@@ -20,7 +21,7 @@ import numpy as np
 
 from ssvif_ros import imaging, labels
 
-CARD_FORMAT = 'ssvif-model/1'
+CARD_FORMAT = 'ssvif-model/2'
 INPUT_NAMES = ['vis', 'ir']
 # Opset 11 brought Resize with the coordinate modes the deployed graph's upsampling needs (at 9
 # the export runs but the fused image differs from torch's by 4e-2).
@@ -34,19 +35,29 @@ def max_opset() -> int:
 
 
 def export_onnx(graph, path: str, opset: int, probe_hw) -> None:
-    """Write ``graph`` (the deployed SSVIFNet) as ONNX to ``path``, checked, atomically.
+    """Write ``graph`` (a FrameGraph, or a deployed SSVIFNet) as ONNX to ``path``, checked.
 
     Inputs :data:`INPUT_NAMES` (vis, ir), outputs fused, class_ids[, logits], with dynamic N, H
-    and W; ``probe_hw`` = (H, W) is only the tracing size. A failed write raises OSError naming
-    ``path``.
+    and W (tensors of :mod:`ssvif_train.deploy`: frames for a FrameGraph, padded N x 3 x H x W
+    floats for a bare SSVIFNet, as the graph-only benchmark times it); ``probe_hw`` = (H, W) is
+    only the tracing size. Written atomically; a failed write raises OSError naming ``path``.
     """
     import torch
+    from ssvif_train.deploy import FrameGraph
     h, w = probe_hw
-    vis = torch.rand(1, 3, h, w)
-    ir = torch.rand(1, 3, h, w)
+    frames = isinstance(graph, FrameGraph)
     outputs = ['fused', 'class_ids'] + (['logits'] if graph.with_logits else [])
-    dyn = {'vis': {0: 'N', 2: 'H', 3: 'W'}, 'ir': {0: 'N', 2: 'H', 3: 'W'},
-           'fused': {0: 'N', 2: 'H', 3: 'W'}, 'class_ids': {0: 'N', 1: 'H', 2: 'W'}}
+    if frames:
+        gen = torch.Generator().manual_seed(0)
+        vis = torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8, generator=gen)
+        ir = torch.rand(1, h, w, generator=gen)
+        dyn = {'vis': {0: 'N', 1: 'H', 2: 'W'}, 'ir': {0: 'N', 1: 'H', 2: 'W'},
+               'fused': {0: 'N', 1: 'H', 2: 'W'}, 'class_ids': {0: 'N', 1: 'H', 2: 'W'}}
+    else:
+        vis = torch.rand(1, 3, h, w)
+        ir = torch.rand(1, 3, h, w)
+        dyn = {'vis': {0: 'N', 2: 'H', 3: 'W'}, 'ir': {0: 'N', 2: 'H', 3: 'W'},
+               'fused': {0: 'N', 2: 'H', 3: 'W'}, 'class_ids': {0: 'N', 1: 'H', 2: 'W'}}
     if graph.with_logits:
         dyn['logits'] = {0: 'N', 2: 'h', 3: 'w'}
     tmp = path + '.tmp'
@@ -65,6 +76,13 @@ def export_onnx(graph, path: str, opset: int, probe_hw) -> None:
                 raise ValueError(f'ONNX export at opset {opset} failed: {text}') from None
         import onnx
         model = onnx.load(tmp)
+        if frames:  # the tracer names the fused image's channel axis; it is always 3
+            dim = model.graph.output[0].type.tensor_type.shape.dim[3]
+            dim.Clear()
+            dim.dim_value = 3
+            # The multiple the graph pads to, for the backends to check the card against.
+            onnx.helper.set_model_props(model, {'pad_multiple': str(graph.pad_multiple)})
+            onnx.save(model, tmp)
         onnx.checker.check_model(model, full_check=True)
         os.replace(tmp, path)
     except OSError as exc:  # a full disk: name the file being written
@@ -75,20 +93,23 @@ def export_onnx(graph, path: str, opset: int, probe_hw) -> None:
 
 
 def parity(graph, onnx_path: str, vis: np.ndarray, ir: np.ndarray) -> dict:
-    """Run torch and ONNX Runtime on one float pair (H x W x 3 each); compare the outputs."""
+    """Run torch and ONNX Runtime on one pair; compare the outputs.
+
+    ``graph``: the FrameGraph; ``vis`` H x W x 3 uint8, ``ir`` H x W float32 in [0, 1]. The
+    fused images are uint8: their difference is in grey levels (0, or 1 where a value lies
+    within float rounding of a rounding step).
+    """
     import onnxruntime as ort
     import torch
-    from ssvif_train.tensor_imaging import hwc_to_nchw
-    v, pad = imaging.pad_to_multiple(vis, graph.pad_multiple)
-    t, _ = imaging.pad_to_multiple(ir, graph.pad_multiple)
-    vt, it = hwc_to_nchw(v), hwc_to_nchw(t)
+    v, t = vis[None], np.ascontiguousarray(ir, np.float32)[None]  # 1 x H x W x 3, 1 x H x W
     with torch.no_grad():
-        ref = graph(vt, it)
+        ref = graph(torch.from_numpy(v), torch.from_numpy(t))
     sess = ort.InferenceSession(onnx_path, providers=['CPUExecutionProvider'])
-    out = sess.run(None, {'vis': vt.numpy(), 'ir': it.numpy()})
-    fused_diff = float(np.abs(out[0] - ref[0].numpy()).max())
-    same = float((out[1] == ref[1].numpy()).mean())
-    return {'fused_max_abs_diff': fused_diff, 'class_ids_agreement': same,
+    out = sess.run(None, {'vis': v, 'ir': t})
+    diff = np.abs(out[0].astype(np.int16) - ref[0].numpy().astype(np.int16))
+    return {'fused_max_grey_diff': int(diff.max()),
+            'fused_equal_fraction': float((diff == 0).mean()),
+            'class_ids_agreement': float((out[1] == ref[1].numpy()).mean()),
             'size': [int(vis.shape[1]), int(vis.shape[0])]}
 
 
@@ -106,7 +127,7 @@ def model_card(graph, info: dict, onnx_path: str, opset: int, seg_upsample: str,
     else:  # label-free clusters
         names = list(imaging.class_names(n))
         pal = imaging.palette(n)
-    outputs = {'fused': {'shape': ['N', 3, 'H', 'W'], 'dtype': 'float32', 'range': [0, 1]},
+    outputs = {'fused': {'shape': ['N', 'H', 'W', 3], 'dtype': 'uint8', 'range': [0, 255]},
                'class_ids': {'shape': ['N', 'H', 'W'], 'dtype': 'uint8', 'range': [0, n - 1]}}
     if graph.with_logits:
         outputs['logits'] = {'shape': ['N', n, 'h', 'w'], 'dtype': 'float32'}
@@ -120,8 +141,8 @@ def model_card(graph, info: dict, onnx_path: str, opset: int, seg_upsample: str,
         'onnx': os.path.basename(onnx_path),
         'onnx_sha256': file_sha256(onnx_path),
         'opset': opset,
-        'inputs': {k: {'shape': ['N', 3, 'H', 'W'], 'dtype': 'float32', 'range': [0, 1]}
-                   for k in INPUT_NAMES},
+        'inputs': {'vis': {'shape': ['N', 'H', 'W', 3], 'dtype': 'uint8', 'range': [0, 255]},
+                   'ir': {'shape': ['N', 'H', 'W'], 'dtype': 'float32', 'range': [0, 1]}},
         'outputs': outputs,
         'pad_multiple': graph.pad_multiple,
         'seg_upsample': seg_upsample,
@@ -131,14 +152,17 @@ def model_card(graph, info: dict, onnx_path: str, opset: int, seg_upsample: str,
         'palette': pal.tolist(),
         **extra,
         'normalization': {
-            'visible': 'RGB, uint8 / 255 (uint16 / 65535), mono repeated to 3 channels',
+            'visible': 'RGB uint8 (uint16 rounded to uint8 on the host); / 255 in the graph',
             'thermal': {'method': data.get('thermal_norm', 'auto'),
                         'lo': data.get('thermal_lo'), 'hi': data.get('thermal_hi'),
                         'p_lo': data.get('thermal_p_lo', 1.0),
                         'p_hi': data.get('thermal_p_hi', 99.0),
-                        'channels': 'repeated to 3'},
+                        'where': 'host (ssvif_ros.frames.register_pair), before the warp',
+                        'channels': 'one plane, repeated to 3 in the graph'},
             'color_space': 'BT.601 full-range YCbCr (ssvif_ros.imaging)',
-            'padding': 'reflect at bottom/right to a multiple of pad_multiple, cropped after',
+            'padding': 'in the graph: reflect at bottom/right to a multiple of pad_multiple, '
+                       'cropped after',
+            'fused': 'in the graph: floor(clip(255 x, 0, 255) + 0.5) to uint8',
         },
         'model': {'name': info['model_name'], 'config': info['model_config']},
         'source': {'checkpoint': os.path.basename(info['checkpoint']),
@@ -156,21 +180,24 @@ def export(checkpoint: str, out_dir: str, opset: int = 17, seg_upsample: str = '
            copy_checkpoint: bool = False) -> dict:
     """Export ``checkpoint`` into ``out_dir``; return the model card (also written as JSON).
 
-    ``probe``: an optional (vis float H x W x 3, ir float H x W x 3) pair for the parity check;
+    ``probe``: an optional (vis uint8 H x W x 3, ir float32 H x W) pair for the parity check;
     a deterministic random pair of 96 x 128 is used otherwise.
     """
-    from ssvif_train.deploy import load_graph
-    graph, info = load_graph(checkpoint, seg_upsample, with_logits)
+    from ssvif_train.deploy import FrameGraph, load_graph
+    net, info = load_graph(checkpoint, seg_upsample, with_logits)
+    graph = FrameGraph(net).eval()
     os.makedirs(out_dir, exist_ok=True)
     onnx_path = os.path.join(out_dir, 'model.onnx')
+    # Traced at a size that needs padding (half a multiple short of one), so the traced graph
+    # computes the pad amounts from the input size.
     m = graph.pad_multiple
-    export_onnx(graph, onnx_path, opset, (-(-64 // m) * m, -(-96 // m) * m))
+    export_onnx(graph, onnx_path, opset, (-(-64 // m) * m - m // 2, -(-96 // m) * m - m // 2))
     if probe is None:
         rng = np.random.default_rng(0)
-        probe = (rng.random((96, 128, 3), dtype=np.float32),
-                 np.repeat(rng.random((96, 128, 1), dtype=np.float32), 3, axis=2))
+        probe = (rng.integers(0, 256, (96, 128, 3), dtype=np.uint8),
+                 rng.random((96, 128), dtype=np.float32))
     par = parity(graph, onnx_path, *probe)
-    card = model_card(graph, info, onnx_path, opset, seg_upsample, par)
+    card = model_card(net, info, onnx_path, opset, seg_upsample, par)
     if copy_checkpoint:
         from ssvif_train.deploy import write_deploy_checkpoint
         write_deploy_checkpoint(checkpoint, os.path.join(out_dir, 'model.pt'))
@@ -241,8 +268,8 @@ def main(argv=None) -> int:
     print(f'ssvif-export: wrote {args.out}/model.onnx and model.json '
           f'({card["model"]["name"]}, {card["num_classes"]} classes, pad multiple '
           f'{card["pad_multiple"]}); ONNX Runtime vs torch: fused max |diff| '
-          f'{par["fused_max_abs_diff"]:.2e}, class ids {100 * par["class_ids_agreement"]:.3f}% '
-          'equal')
+          f'{par["fused_max_grey_diff"]} grey levels ({100 * par["fused_equal_fraction"]:.3f}% '
+          f'equal), class ids {100 * par["class_ids_agreement"]:.3f}% equal')
     if args.engine:
         from ssvif_ros import trt_engine
         try:

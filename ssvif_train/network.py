@@ -29,6 +29,7 @@ import torch
 from torch import nn
 import torch.nn.functional as tf
 
+from ssvif_ros.model_card import NONFINITE_ID
 from ssvif_train.models.registry import create_model, model_record, record_to_model_checked
 from ssvif_train.models.segmentation import SegFormerSeg, SegHead
 from ssvif_train.tensor_imaging import (pad_to_multiple, rgb_to_gray, rgb_to_ycbcr, unpad,
@@ -38,21 +39,32 @@ SEG_UPSAMPLE = ('bilinear', 'nearest')
 
 
 def class_ids_from_logits(logits: torch.Tensor, size, seg_upsample: str,
-                          class_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+                          class_bias: Optional[torch.Tensor] = None, crop=None,
+                          nonfinite: Optional[torch.Tensor] = None) -> torch.Tensor:
     """N x n x h x w head logits -> N x H x W uint8 class ids at ``size`` = (H, W).
 
     ``class_bias`` (n,) is added to the logits first (a calibrated class prior,
     :mod:`ssvif_train.calibrate`); ``seg_upsample`` is the deployed resolution rule (see
-    :mod:`ssvif_train.deploy`). The one definition of how the deployed graph and the calibration
+    :mod:`ssvif_train.deploy`). ``crop`` = (h, w): keep the top-left h x w of the map, cropped
+    before the cast to uint8, so the cast is the graph's last node (TensorRT takes uint8 only at
+    the network's edges). ``nonfinite`` (N x H x W bool, after ``crop``): pixels whose fused
+    value is NaN or Inf get :data:`ssvif_ros.model_card.NONFINITE_ID`, since the uint8 fused
+    image cannot show them. The one definition of how the deployed graph and the calibration
     turn logits into a class map.
     """
     if class_bias is not None:
         logits = logits + class_bias.view(1, -1, 1, 1).to(logits)
     if seg_upsample == 'bilinear':
         up = tf.interpolate(logits, size=size, mode='bilinear', align_corners=False)
-        return up.argmax(1).to(torch.uint8)                             # N x H x W
-    low = logits.argmax(1, keepdim=True).float()                        # N x 1 x h x w
-    return tf.interpolate(low, size=size, mode='nearest')[:, 0].to(torch.uint8)
+        ids = up.argmax(1)                                              # N x H x W int64
+    else:
+        low = logits.argmax(1, keepdim=True).float()                    # N x 1 x h x w
+        ids = tf.interpolate(low, size=size, mode='nearest')[:, 0]      # N x H x W float
+    if crop is not None:
+        ids = ids[:, :crop[0], :crop[1]]
+    if nonfinite is not None:
+        ids = torch.where(nonfinite, torch.full_like(ids, NONFINITE_ID), ids)
+    return ids.to(torch.uint8)
 
 
 class SSVIFNet(nn.Module):
@@ -206,16 +218,27 @@ class SSVIFNet(nn.Module):
             lb = None if self.seg is None else self.seg(fused)
         return (fused, la, lb, recs[0]) if aux else (fused, la, lb)
 
-    def _deployed(self, vis: torch.Tensor, ir: torch.Tensor):
-        """vis, ir N x 3 x H x W (padded) -> fused N x 3 x H x W, ids N x H x W uint8[, logits]."""
+    def _deployed(self, vis: torch.Tensor, ir: torch.Tensor, crop=None):
+        """vis, ir N x 3 x H x W (padded) -> fused N x 3 x H x W, ids N x H x W uint8[, logits].
+
+        ``crop`` = (h, w): the class ids are cropped to the top-left h x w (before their cast,
+        see :func:`class_ids_from_logits`); the fused image is returned uncropped.
+        """
         fused, feats = self.fuse_padded(vis, ir)
         size = vis.shape[-2:]
+        bad = ~torch.isfinite(fused).all(dim=1)                         # N x H x W
+        if crop is not None:
+            bad = bad[:, :crop[0], :crop[1]]
         if self.head is None:
-            ids = torch.zeros_like(vis[:, 0], dtype=torch.uint8)        # N x H x W
+            ids = torch.zeros_like(vis[:, 0])                           # N x H x W float
+            if crop is not None:
+                ids = ids[:, :crop[0], :crop[1]]
+            ids = torch.where(bad, torch.full_like(ids, NONFINITE_ID), ids).to(torch.uint8)
             logits = torch.zeros_like(vis[:, :1])                       # N x 1 x H x W
         else:
             logits = self.head(feats)                                   # N x n x h x w
-            ids = class_ids_from_logits(logits, size, self.seg_upsample)  # N x H x W
+            ids = class_ids_from_logits(logits, size, self.seg_upsample, crop=crop,
+                                        nonfinite=bad)                  # N x H x W
         if self.with_logits:
             return fused, ids, logits
         return fused, ids

@@ -73,7 +73,8 @@ def check_exported(ckpt, out, msrs_dir, model_name, num_classes,
     import json
     card = json.loads((out / 'model.json').read_text())
     assert card['model']['name'] == model_name and card['num_classes'] == num_classes
-    assert card['parity']['fused_max_abs_diff'] < 1e-4
+    assert card['parity']['fused_max_grey_diff'] <= 1
+    assert card['parity']['fused_equal_fraction'] >= 0.999
     ort_b = create_backend('onnxruntime', str(out), threads=1)
     torch_b = create_backend('torch', str(out), threads=1)
     v, t = _real_pair(msrs_dir)
@@ -81,7 +82,8 @@ def check_exported(ckpt, out, msrs_dir, model_name, num_classes,
         f1, c1 = ort_b.infer(v[:h, :w], t[:h, :w])
         f2, c2 = torch_b.infer(v[:h, :w], t[:h, :w])
         assert f1.shape == (h, w, 3) and c1.shape == (h, w) and c1.dtype == np.uint8
-        assert np.isfinite(f1).all() and f1.min() >= 0.0 and f1.max() <= 1.0
-        assert np.abs(f1 - f2).max() <= 1e-4
+        assert f1.dtype == f2.dtype == np.uint8  # uint8 RGB: rounded inside the graph
+        diff = np.abs(f1.astype(np.int16) - f2)
+        assert diff.max() <= 1 and (diff == 0).mean() >= 0.999
         assert (c1 == c2).mean() >= 0.999 and c1.max() < num_classes
     return out

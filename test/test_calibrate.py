@@ -91,7 +91,8 @@ def test_offsets_reach_the_onnx_class_map(msrs_dir, tmp_path):
     from ssvif_ros.dataset_paths import list_pairs
     vi, ir = list_pairs(msrs_dir / 'val')[0]
     v, t = imaging.preprocess_pair(imaging.read_image(vi, 'rgb'), imaging.read_image(ir, 'gray'))
-    feed = {'vis': v.transpose(2, 0, 1)[None].copy(), 'ir': t.transpose(2, 0, 1)[None].copy()}
+    # the frame graph's inputs: 1 x H x W x 3 uint8 and the 1 x H x W thermal plane
+    feed = {'vis': imaging.to_uint8(v)[None], 'ir': t[None, :, :, 0].copy()}
     runs = {}
     for name, folder in (('plain', plain), ('biased', biased)):
         sess = ort.InferenceSession(str(folder / 'model.onnx'),

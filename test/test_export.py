@@ -51,16 +51,36 @@ def test_onnx_is_valid_and_card_describes_it(trained):
     onnx.checker.check_model(model, full_check=True)
     assert [i.name for i in model.graph.input] == ['vis', 'ir']
     assert [o.name for o in model.graph.output] == ['fused', 'class_ids']
-    dims = [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
-    assert dims == ['N', '', 'H', 'W']
+
+    def dims(t):
+        return [d.dim_param or d.dim_value for d in t.type.tensor_type.shape.dim]
+    u8, f32 = onnx.TensorProto.UINT8, onnx.TensorProto.FLOAT
+    # frames in (uint8 RGB, the float thermal plane), uint8 images out; dynamic N, H, W
+    assert [(t.type.tensor_type.elem_type, dims(t)) for t in model.graph.input] == [
+        (u8, ['N', 'H', 'W', 3]), (f32, ['N', 'H', 'W'])]
+    assert [(t.type.tensor_type.elem_type, dims(t)) for t in model.graph.output] == [
+        (u8, ['N', 'H', 'W', 3]), (u8, ['N', 'H', 'W'])]
     card = json.loads((out / 'model.json').read_text())
+    assert card['format'] == 'ssvif-model/2'
+    assert card['inputs']['vis'] == {'shape': ['N', 'H', 'W', 3], 'dtype': 'uint8',
+                                     'range': [0, 255]}
+    assert card['outputs']['fused']['dtype'] == 'uint8'
     assert card['pad_multiple'] == 8 and card['num_classes'] == 15
     assert len(card['class_names']) == 15 and len(card['palette']) == 15
     assert card['normalization']['thermal']['method'] == 'auto'
     assert card['source']['checkpoint_sha256'] and card['source']['config_digest']
     from ssvif_train.deploy import file_sha256
     assert card['onnx_sha256'] == file_sha256(out / 'model.onnx')
-    assert card['parity']['fused_max_abs_diff'] < 1e-4
+    assert card['parity']['fused_max_grey_diff'] <= 1
+    assert card['parity']['fused_equal_fraction'] >= 0.999
+    assert card['parity']['class_ids_agreement'] >= 0.999
+
+
+def grey_levels_agree(f1, f2):
+    """uint8 images within 1 grey level of each other and equal at >= 99.9 % of the values."""
+    assert f1.dtype == f2.dtype == np.uint8 and f1.shape == f2.shape
+    diff = np.abs(f1.astype(np.int16) - f2)
+    return int(diff.max()) <= 1 and float((diff == 0).mean()) >= 0.999
 
 
 def test_torch_and_onnxruntime_backends_agree_on_real_msrs(trained, msrs_dir):
@@ -71,11 +91,12 @@ def test_torch_and_onnxruntime_backends_agree_on_real_msrs(trained, msrs_dir):
         f1, c1 = ort_b.infer(v, t)
         f2, c2 = torch_b.infer(v, t)
         assert f1.shape == (480, 640, 3) and c1.shape == (480, 640) and c1.dtype == np.uint8
-        assert np.abs(f1 - f2).max() <= 1e-4, stem
+        assert grey_levels_agree(f1, f2), stem
         assert (c1 == c2).mean() >= 0.999, stem
         assert c1.max() < 15
         # the learned fusion is neither input
-        assert np.abs(f1 - v).mean() > 1e-3 and np.abs(f1 - t).mean() > 1e-3
+        f = f1 / 255.0
+        assert np.abs(f - v).mean() > 1e-3 and np.abs(f - t).mean() > 1e-3
 
 
 def test_dynamic_sizes_and_padding_through_the_backend(trained, msrs_dir):
@@ -87,7 +108,7 @@ def test_dynamic_sizes_and_padding_through_the_backend(trained, msrs_dir):
         f1, c1 = b.infer(v[:h, :w], ir[:h, :w])
         f2, c2 = t.infer(v[:h, :w], ir[:h, :w])
         assert f1.shape == (h, w, 3) and c1.shape == (h, w)
-        assert np.abs(f1 - f2).max() <= 1e-4 and (c1 == c2).mean() >= 0.999
+        assert grey_levels_agree(f1, f2) and (c1 == c2).mean() >= 0.999
 
 
 def test_export_errors_name_the_file(tmp_path, capsys):
@@ -126,6 +147,10 @@ def test_engine_cache_name_follows_the_onnx_bytes(trained, tmp_path):
     assert trt_engine.engine_path(str(copy), fp16=True) != p1
     mn, opt, mx = trt_engine.profile_shapes((1080, 1920), pad_multiple=8)
     assert mn == (1, 3, 64, 64) and opt == (1, 3, 480, 640) and mx == (1, 3, 1080, 1920)
+    # frame graphs: N x H x W x 3 and N x H x W of any size from the pad multiple up
+    shapes = trt_engine.frame_profile_shapes((1024, 1281), pad_multiple=8)
+    assert shapes == {'vis': ((1, 8, 8, 3), (1, 480, 640, 3), (1, 1024, 1281, 3)),
+                      'ir': ((1, 8, 8), (1, 480, 640), (1, 1024, 1281))}
     with pytest.raises(trt_engine.TensorRTUnavailable, match='TensorRT'):
         trt_engine.build_engine(str(copy))
 

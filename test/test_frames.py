@@ -37,7 +37,8 @@ def test_default_registration_equals_the_two_pass_pipeline_bit_for_bit():
             v_old, t_old = imaging.preprocess_pair(rgb, imaging.normalize_thermal(raw),
                                                    imaging.ThermalNorm('scale'))
             assert ir.shape == rgb.shape[:2] and ir.dtype == np.float32
-            assert np.array_equal(vis, v_old)
+            assert vis.dtype == np.uint8 and np.array_equal(vis, rgb)  # the frame's own bytes
+            assert np.array_equal(imaging.visible_to_float(vis), v_old)
             assert np.array_equal(ir, t_old[:, :, 0])
 
 

@@ -266,7 +266,8 @@ def test_semantic_export_card_and_onnx_class_map_match_torch(msrs_boxes, msrs_di
     v, t = imaging.preprocess_pair(vis, ir)
     fa, ia = ort_b.infer(v, t)
     fb, ib = torch_b.infer(v, t)
-    assert np.abs(fa - fb).max() < 1e-4
+    diff = np.abs(fa.astype(np.int16) - fb)  # uint8 images: grey levels
+    assert diff.max() <= 1 and (diff == 0).mean() >= 0.999
     assert (ia == ib).mean() >= 0.999 and ia.max() < 4
 
 

@@ -1,11 +1,11 @@
 """Inference backends behind one interface, used by the node and every tool.
 
 ``create_backend(name, model=None, threads=2)`` returns a :class:`Backend` whose
-``infer(vis, ir)`` takes a float32 H x W x 3 visible image and the float32 H x W thermal image,
-both in [0, 1] and registered to each other (:mod:`ssvif_ros.frames` makes them; an H x W x 3
-thermal image of three equal planes is accepted too), and returns ``(fused, class_ids)``:
-float32 H x W x 3 in [0, 1] and uint8 H x W. Each backend expands the thermal plane to what its
-model needs. Names:
+``infer(vis, ir)`` takes the uint8 H x W x 3 RGB visible image and the float32 H x W thermal
+plane in [0, 1], registered to each other (:mod:`ssvif_ros.frames` makes them; a float visible
+image in [0, 1] and an H x W x 3 thermal image of three equal planes are accepted too), and
+returns ``(fused, class_ids)``: uint8 H x W x 3 RGB and uint8 H x W. Each backend expands the
+thermal plane to what its model needs. Names:
 
 * ``identity``: fused = visible, class ids all 0 (measures transport, conversion and pairing);
 * ``maxluma``: the trivial rule, visible with Y replaced by max(Y, IR), class ids all 0;

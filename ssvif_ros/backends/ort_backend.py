@@ -22,6 +22,7 @@ class OrtBackend(GraphBackend):
     def __init__(self, model: Optional[str], threads: int = 2, device: Optional[str] = None):
         import onnxruntime as ort
         path, card = model_card.locate(model, 'onnx')
+        carded = 'pad_multiple' in card
         if not card:
             card = {'pad_multiple': 32, 'num_classes': 1}
         super().__init__(card)
@@ -50,26 +51,47 @@ class OrtBackend(GraphBackend):
                                                 providers=[p for p in wanted if p in available])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise ValueError(f'ONNX Runtime cannot load {path}: {exc}') from exc
-        check_graph(self.session, path)
+        self.frame_io = check_graph(self.session, path)
+        graph_multiple = self.session.get_modelmeta().custom_metadata_map.get('pad_multiple')
+        if self.frame_io and graph_multiple:
+            if carded:
+                self.check_pad_multiple(int(graph_multiple), path)
+            self.pad_multiple = int(graph_multiple)
+        wanted_io = model_card.frame_io(card)
+        if wanted_io is not None and wanted_io != self.frame_io:
+            raise ValueError(f'{path} does not match its model card: the card says format '
+                             f'{card["format"]}, the graph takes '
+                             f'{"frames (ssvif-model/2)" if self.frame_io else "padded floats"}'
+                             '; re-export the model')
         self.path = path
         self.model_info['file'] = path
         self.model_info['providers'] = self.session.get_providers()
 
     def run(self, vis, ir):
-        """Run the session on 1 x 3 x H x W inputs."""
+        """Run the session on one batch (frames, or 1 x 3 x H x W floats for /1 graphs)."""
         fused, ids = self.session.run(['fused', 'class_ids'], {'vis': vis, 'ir': ir})
         return fused, ids
 
 
-# name -> (ONNX type, rank) of the graph interface (ssvif_train.deploy).
+# name -> (ONNX type, rank) of the two graph interfaces (ssvif_train.deploy): frames
+# (ssvif-model/2) and padded floats (ssvif-model/1).
+FRAME_INPUTS = {'vis': ('tensor(uint8)', 4), 'ir': ('tensor(float)', 3)}
+FRAME_OUTPUTS = {'fused': ('tensor(uint8)', 4), 'class_ids': ('tensor(uint8)', 3)}
 GRAPH_INPUTS = {'vis': ('tensor(float)', 4), 'ir': ('tensor(float)', 4)}
 GRAPH_OUTPUTS = {'fused': ('tensor(float)', 4), 'class_ids': ('tensor(uint8)', 3)}
 
 
-def check_graph(session, path: str) -> None:
-    """Check the session's inputs and outputs against the graph interface; ValueError if not."""
-    for kind, want, have in (('input', GRAPH_INPUTS, session.get_inputs()),
-                             ('output', GRAPH_OUTPUTS, session.get_outputs())):
+def check_graph(session, path: str) -> bool:
+    """Check the session's inputs and outputs against a graph interface; ValueError if none.
+
+    Returns True for the frame interface (its ``vis`` input is uint8), False for padded floats.
+    """
+    vis = [t for t in session.get_inputs() if t.name == 'vis']
+    frames = bool(vis) and vis[0].type == FRAME_INPUTS['vis'][0]
+    inputs, outputs = (FRAME_INPUTS, FRAME_OUTPUTS) if frames else (GRAPH_INPUTS, GRAPH_OUTPUTS)
+    channel_axis = 3 if frames else 1
+    for kind, want, have in (('input', inputs, session.get_inputs()),
+                             ('output', outputs, session.get_outputs())):
         have = {t.name: t for t in have}
         for name, (typ, rank) in want.items():
             if name not in have:
@@ -80,9 +102,11 @@ def check_graph(session, path: str) -> None:
             if t.type != typ or len(t.shape) != rank:
                 raise ValueError(f'{path}: {kind} {name!r} is {t.type} of rank {len(t.shape)}, '
                                  f'expected {typ} of rank {rank}')
-            if kind == 'input' and t.shape[1] not in (3, None) and not isinstance(t.shape[1],
-                                                                                  str):
-                raise ValueError(f'{path}: input {name!r} has {t.shape[1]} channels, expected 3')
-    extra = [t.name for t in session.get_inputs() if t.name not in GRAPH_INPUTS]
+            if kind == 'input' and rank == 4 and t.shape[channel_axis] not in (3, None) \
+                    and not isinstance(t.shape[channel_axis], str):
+                raise ValueError(f'{path}: input {name!r} has {t.shape[channel_axis]} channels, '
+                                 'expected 3')
+    extra = [t.name for t in session.get_inputs() if t.name not in inputs]
     if extra:
         raise ValueError(f'{path} needs inputs this node does not feed: {", ".join(extra)}')
+    return frames

@@ -13,8 +13,9 @@ class IdentityBackend(Backend):
     name = 'identity'
 
     def infer(self, vis, ir):
-        """Return the visible image unchanged and a zero class map."""
-        return vis, np.zeros(vis.shape[:2], np.uint8)
+        """Return the visible image (as uint8 RGB) and a zero class map."""
+        v = imaging.visible_to_uint8(vis)  # no copy for a uint8 RGB frame
+        return v, np.zeros(v.shape[:2], np.uint8)
 
 
 class MaxLumaBackend(Backend):
@@ -27,4 +28,7 @@ class MaxLumaBackend(Backend):
 
         Takes the single thermal plane (H x W) as the node passes it; no channel expansion.
         """
-        return imaging.max_luma_fusion(vis, ir), np.zeros(vis.shape[:2], np.uint8)
+        v = np.asarray(vis)
+        v = v if v.dtype.kind == 'f' else imaging.visible_to_float(v)  # H x W x 3 float
+        fused = imaging.to_uint8(imaging.max_luma_fusion(v, ir))        # H x W x 3 uint8
+        return fused, np.zeros(fused.shape[:2], np.uint8)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from typing import Optional
+import warnings
 
 from ssvif_ros import model_card
 from ssvif_ros.backends.base import BackendError, GraphBackend
@@ -22,18 +23,23 @@ class TorchBackend(GraphBackend):
             raise BackendError('torch backend: precision fp16 (autocast) needs a CUDA device; '
                                'on CPU use fp32')
         self.precision = precision
-        from ssvif_train.deploy import load_graph
+        from ssvif_train.deploy import FrameGraph, load_graph
         path, card = model_card.locate(model, 'pt')
         graph, info = load_graph(path, card.get('seg_upsample', 'bilinear'))
+        # Frames in, images out, whatever the card's format: the graph is built here.
+        graph = FrameGraph(graph).eval()
         n = graph.num_classes
         if card and card.get('num_classes', n) != n:
             raise ValueError(f'the model card beside {path} says num_classes '
                              f'{card["num_classes"]}, but the checkpoint has {n} classes')
         card = dict(card) or {}
+        carded = 'pad_multiple' in card
         card.setdefault('pad_multiple', graph.pad_multiple)
         card.setdefault('num_classes', n)
         card.setdefault('model', {'name': info['model_name']})
         super().__init__(card)
+        if carded:
+            self.check_pad_multiple(graph.pad_multiple, path)
         if self.device.type == 'cpu':
             torch.set_num_threads(int(threads))
         self.torch = torch
@@ -47,13 +53,19 @@ class TorchBackend(GraphBackend):
         return f'{super().describe()} ({self.device}, {self.precision})'
 
     def run(self, vis, ir):
-        """Run the graph without gradients on 1 x 3 x H x W inputs (fp16 autocast on request)."""
+        """Run the frame graph without gradients (1 x H x W x 3 uint8, 1 x H x W float32).
+
+        With fp16 the network runs under CUDA autocast; the graph's uint8 casts stay exact.
+        """
         torch = self.torch
+        with warnings.catch_warnings():
+            # A frame decoded from a message is a read-only view; the graph never writes it.
+            warnings.simplefilter('ignore', UserWarning)
+            vis, ir = torch.from_numpy(vis), torch.from_numpy(ir)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16,
                                                     enabled=self.precision == 'fp16'):
-            fused, ids = self.graph(torch.from_numpy(vis).to(self.device),
-                                    torch.from_numpy(ir).to(self.device))
-        return fused.float().cpu().numpy(), ids.cpu().numpy()
+            fused, ids = self.graph(vis.to(self.device), ir.to(self.device))
+        return fused.cpu().numpy(), ids.cpu().numpy()
 
 
 def torch_device(torch, device: Optional[str]):

@@ -26,10 +26,11 @@ class TensorRTBackend(GraphBackend):
                                            pad_multiple=int(card.get('pad_multiple', 8)))
         super().__init__(card)
         self.runner = trt_engine.EngineRunner(path, device)
+        self.frame_io = self.runner.frame_io  # from the engine's vis binding (uint8: frames)
         self.model_info['file'] = path
         self.model_info['device'] = device if device and ':' in device else 'cuda:0'
 
     def run(self, vis, ir):
-        """Execute the engine on 1 x 3 x H x W inputs."""
+        """Execute the engine on one batch (frames, or 1 x 3 x H x W floats for /1 engines)."""
         out = self.runner.run(vis, ir)
         return out['fused'], out['class_ids']
