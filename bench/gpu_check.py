@@ -186,7 +186,8 @@ def recipe(ck: Check, env, device: str, tmp: Path, name: str, config: str, data:
            f'{len(epochs)} epochs, stages {"->".join(r["stage"] for r in epochs)}, '
            f'{len(steps)} steps ({skipped} skipped by AMP), '
            f'{"non-finite rows " + ",".join(bad) if bad else "steps.csv finite"}; ONNX parity '
-           f'fused {par["fused_max_abs_diff"]:.1e}, ids {100 * par["class_ids_agreement"]:.2f}%',
+           f'fused {par["fused_max_grey_diff"]} grey levels, ids '
+           f'{100 * par["class_ids_agreement"]:.2f}%',
            train_s + exp[2])
 
 

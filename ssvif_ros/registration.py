@@ -52,6 +52,8 @@ MIN_COVERAGE = 0.25
 MORE_INLIERS = 1.05
 # ... and only when fits on random halves of the matches agree on the corners within this [px].
 STABLE_PX = 5.0
+# OpenCV's RANSAC generator is seeded with this before every fit (repeatable estimates).
+RANSAC_SEED = 0
 # Gaussian blur [px at the working size] before the gradient: less sensor noise in the edges.
 BLUR = 1.0
 
@@ -96,7 +98,9 @@ def edge_image(img: np.ndarray, width: int, blur: float = 1.0) -> Tuple[np.ndarr
         g = cv2.GaussianBlur(g, (0, 0), blur)
     gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
-    mag = cv2.magnitude(gx, gy)  # H' x W'
+    # NumPy, not cv2.magnitude: OpenCV's result depends on the arrays' memory alignment in the
+    # last bit, which flips borderline patch matches and so the estimate from run to run.
+    mag = np.sqrt(gx * gx + gy * gy)  # H' x W'
     mean = float(mag.mean())
     return mag / max(mean, 1e-9), mean
 
@@ -247,11 +251,16 @@ def _parabola(a: float, b: float, c: float) -> float:
 
 def _fit(src: np.ndarray, dst: np.ndarray, model: str, thresh: float
          ) -> Tuple[Optional[np.ndarray], np.ndarray]:
-    """(3 x 3 model src -> dst or None, N bool inliers) by RANSAC (OpenCV's estimators)."""
+    """(3 x 3 model src -> dst or None, N bool inliers) by RANSAC (OpenCV's estimators).
+
+    OpenCV's RANSAC draws from the calling thread's generator, whose state depends on every
+    earlier draw in the process: it is re-seeded here, so the same matches give the same fit.
+    """
     import cv2
     n = len(src)
     if n < 4:
         return None, np.zeros(n, bool)
+    cv2.setRNGSeed(RANSAC_SEED)
     if model == 'homography':
         hm, inl = cv2.findHomography(src, dst, cv2.RANSAC, thresh, maxIters=4000,
                                      confidence=0.999)

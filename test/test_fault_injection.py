@@ -425,8 +425,12 @@ def _onnx_going_bad_on_big_frames(path, fault):
 
 
 def bad_output_model(tmp_path, fault):
-    """The default model's folder with the ONNX file replaced by a bad one (card re-signed)."""
-    model = model_copy(tmp_path, pad_multiple=1)
+    """The default model's folder with the ONNX file replaced by a bad one (card re-signed).
+
+    The bad graphs take padded floats, so the card says ``ssvif-model/1`` (host-side path);
+    test_frame_graph covers NaN in a frame graph.
+    """
+    model = model_copy(tmp_path, pad_multiple=1, format='ssvif-model/1')
     _onnx_going_bad_on_big_frames(model / 'model.onnx', fault)
     sign_card(model)
     return model
