@@ -15,8 +15,8 @@ CARD_NAME = 'model.json'
 # backends prepare them on the host), /2 graphs take the frames (ssvif_train.deploy).
 FORMATS = ('ssvif-model/1', 'ssvif-model/2')
 FRAME_FORMAT = 'ssvif-model/2'
-#: Class id a /2 graph gives every pixel whose fused value was NaN or Inf before the graph
-#: rounded it to uint8 (where it could no longer be seen); the backends drop such frames.
+#: Class id a /2 graph gives every pixel of a frame whose fused image held NaN or Inf before
+#: the graph rounded it to uint8 (where it could no longer be seen); the backends drop it.
 NONFINITE_ID = 255
 
 

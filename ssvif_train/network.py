@@ -47,10 +47,10 @@ def class_ids_from_logits(logits: torch.Tensor, size, seg_upsample: str,
     :mod:`ssvif_train.calibrate`); ``seg_upsample`` is the deployed resolution rule (see
     :mod:`ssvif_train.deploy`). ``crop`` = (h, w): keep the top-left h x w of the map, cropped
     before the cast to uint8, so the cast is the graph's last node (TensorRT takes uint8 only at
-    the network's edges). ``nonfinite`` (N x H x W bool, after ``crop``): pixels whose fused
-    value is NaN or Inf get :data:`ssvif_ros.model_card.NONFINITE_ID`, since the uint8 fused
-    image cannot show them. The one definition of how the deployed graph and the calibration
-    turn logits into a class map.
+    the network's edges). ``nonfinite`` (a bool scalar, or anything broadcasting to the ids):
+    where true the ids become :data:`ssvif_ros.model_card.NONFINITE_ID`, which says that the
+    fused image held NaN or Inf (its uint8 cast cannot show them). The one definition of how
+    the deployed graph and the calibration turn logits into a class map.
     """
     if class_bias is not None:
         logits = logits + class_bias.view(1, -1, 1, 1).to(logits)
@@ -226,9 +226,9 @@ class SSVIFNet(nn.Module):
         """
         fused, feats = self.fuse_padded(vis, ir)
         size = vis.shape[-2:]
-        bad = ~torch.isfinite(fused).all(dim=1)                         # N x H x W
-        if crop is not None:
-            bad = bad[:, :crop[0], :crop[1]]
+        # One reduction: NaN or Inf anywhere makes the sum non-finite (a per-pixel test costs
+        # several full-resolution passes in ONNX Runtime: +3 ms at 640x480 on 2 threads).
+        bad = ~torch.isfinite(fused.sum())                              # scalar bool
         if self.head is None:
             ids = torch.zeros_like(vis[:, 0])                           # N x H x W float
             if crop is not None:

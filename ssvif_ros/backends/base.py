@@ -37,9 +37,8 @@ def check_outputs(fused: np.ndarray, ids: np.ndarray, num_classes: int) -> None:
     if num_classes < 256 and ids.size:
         top = int(ids.max())
         if top == NONFINITE_ID:
-            bad = int(np.count_nonzero(ids == NONFINITE_ID))
-            raise OutputError(f'the model returned NaN or Inf in the fused image at {bad} '
-                              f'pixels (the graph marks them class id {NONFINITE_ID})')
+            raise OutputError(f'the model returned NaN or Inf in the fused image (the graph '
+                              f'marks such a frame with class id {NONFINITE_ID})')
         if top >= num_classes:
             raise OutputError(f'the model returned class id {top}, but the model card has '
                               f'{num_classes} classes')
