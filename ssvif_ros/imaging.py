@@ -159,8 +159,8 @@ def normalize_thermal(img: np.ndarray, norm: Optional[ThermalNorm] = None,
     return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
 
 
-def visible_to_float(img: np.ndarray) -> np.ndarray:
-    """Map a visible uint8/uint16 RGB or mono image to float32 RGB [0, 1] (H x W x 3)."""
+def _visible_channels(img: np.ndarray) -> np.ndarray:
+    """A visible image as H x W x C (C 1 or 3; alpha dropped); ValueError for other shapes."""
     img = np.asarray(img)
     if img.size == 0:
         raise ValueError('visible image is empty (zero size)')
@@ -168,7 +168,12 @@ def visible_to_float(img: np.ndarray) -> np.ndarray:
         img = img[:, :, None]
     if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
         raise ValueError(f'visible image must be H x W x 3 (or mono), got shape {img.shape}')
-    img = img[:, :, :3]
+    return img[:, :, :3]
+
+
+def visible_to_float(img: np.ndarray) -> np.ndarray:
+    """Map a visible uint8/uint16 RGB or mono image to float32 RGB [0, 1] (H x W x 3)."""
+    img = _visible_channels(img)
     if img.dtype == np.uint8:
         x = img.astype(np.float32)
         x /= 255.0  # in place: one pass and one allocation less than astype(...) / 255
@@ -194,15 +199,10 @@ def visible_to_uint8(img: np.ndarray) -> np.ndarray:
     img = np.asarray(img)
     if img.dtype != np.uint8:
         return to_uint8(visible_to_float(img))
-    if img.size == 0:
-        raise ValueError('visible image is empty (zero size)')
-    if img.ndim == 2:
-        img = img[:, :, None]
-    if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
-        raise ValueError(f'visible image must be H x W x 3 (or mono), got shape {img.shape}')
+    img = _visible_channels(img)
     if img.shape[2] == 1:
         return np.repeat(img, 3, axis=2)
-    return np.ascontiguousarray(img[:, :, :3])
+    return np.ascontiguousarray(img)
 
 
 def expand_thermal(ir: np.ndarray) -> np.ndarray:

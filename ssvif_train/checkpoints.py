@@ -238,28 +238,29 @@ def write_atomic(path: str, text: str) -> None:
     TrainingError naming ``path`` when the write fails (a full disk): ``path`` is unchanged and
     no temp file is left.
     """
-    tmp = os.path.join(os.path.dirname(path) or '.', f'.{os.path.basename(path)}.tmp{os.getpid()}')
-    try:
+    def write(tmp):
         with open(tmp, 'w', newline='', encoding='utf-8') as f:
             f.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise TrainingError(f'cannot write {path}: {exc.strerror or exc}') from None
-    finally:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
+    _replace_atomic(path, write, path)
 
 
 def copy_atomic(src: str, dst: str) -> None:
     """Copy ``src`` to ``dst`` via a temp file and rename; TrainingError when the write fails."""
-    tmp = os.path.join(os.path.dirname(dst) or '.', f'.{os.path.basename(dst)}.tmp{os.getpid()}')
-    try:
+    def write(tmp):
         with open(src, 'rb') as fi, open(tmp, 'wb') as fo:
             for chunk in iter(lambda: fi.read(1 << 20), b''):
                 fo.write(chunk)
-        os.replace(tmp, dst)
+    _replace_atomic(dst, write, f'checkpoint {dst}')
+
+
+def _replace_atomic(path: str, write, what: str) -> None:
+    """``write(tmp)`` beside ``path``, then rename over it; TrainingError naming ``what``."""
+    tmp = os.path.join(os.path.dirname(path) or '.', f'.{os.path.basename(path)}.tmp{os.getpid()}')
+    try:
+        write(tmp)
+        os.replace(tmp, path)
     except OSError as exc:
-        raise TrainingError(f'cannot write checkpoint {dst}: {exc.strerror or exc}') from None
+        raise TrainingError(f'cannot write {what}: {exc.strerror or exc}') from None
     finally:
         if os.path.lexists(tmp):
             os.remove(tmp)

@@ -142,13 +142,17 @@ def test_shutdown_from_active_ends_the_process_cleanly(managed):
     assert 'Traceback' not in node_log(proc)
 
 
-def test_a_failed_configure_leaves_the_node_unconfigured_with_a_reason(tmp_path):
-    ns = '/lcfail'
+def _failing_configure(tmp_path, ns):
+    """A managed node whose model file is missing: (process, manager, missing path)."""
     missing = tmp_path / 'no_such_model.onnx'
     proc = start_node(tmp_path / 'node.log', ['backend:=onnxruntime', f'model:={missing}',
                                               'autostart:=false'],
                       process_env(DOMAIN_ID), namespace=ns)
-    m = Manager(ns)
+    return proc, Manager(ns), missing
+
+
+def test_a_failed_configure_leaves_the_node_unconfigured_with_a_reason(tmp_path):
+    proc, m, missing = _failing_configure(tmp_path, '/lcfail')
     try:
         assert not m.transition(Transition.TRANSITION_CONFIGURE)
         assert m.state() == 'unconfigured'
@@ -172,11 +176,7 @@ def _set_params(manager, node, **values):
 
 def test_after_a_failed_configure_the_model_can_be_set_and_configure_retried(tmp_path):
     ns = '/lcretry'
-    missing = tmp_path / 'no_such_model.onnx'
-    proc = start_node(tmp_path / 'node.log', ['backend:=onnxruntime', f'model:={missing}',
-                                              'autostart:=false'],
-                      process_env(DOMAIN_ID), namespace=ns)
-    m = Manager(ns)
+    proc, m, missing = _failing_configure(tmp_path, ns)
     try:
         assert not m.transition(Transition.TRANSITION_CONFIGURE)
         assert m.state() == 'unconfigured'
@@ -199,8 +199,6 @@ def test_after_a_failed_configure_the_model_can_be_set_and_configure_retried(tmp
 
 def test_a_bad_value_in_the_params_file_fails_configure_not_the_process(tmp_path):
     """A refused params-file value: configure answers false with the reason; set, it works."""
-    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-    from rcl_interfaces.srv import SetParameters
     ns = '/lcbadfile'
     params = tmp_path / 'bad.yaml'
     params.write_text('/**/fusion_node:\n  ros__parameters:\n    backend: maxluma\n'
@@ -216,13 +214,8 @@ def test_a_bad_value_in_the_params_file_fails_configure_not_the_process(tmp_path
         assert len(line) == 1, node_log(proc)
         assert 'slop' in line[0] and '5.0' in line[0] and 'queue_size' in line[0], line
         # Both set to valid values: the next configure succeeds, without a restart.
-        client = m.node.create_client(SetParameters, f'{ns}/fusion_node/set_parameters')
-        req = SetParameters.Request(parameters=[
-            Parameter(name='slop', value=ParameterValue(
-                type=ParameterType.PARAMETER_DOUBLE, double_value=0.01)),
-            Parameter(name='queue_size', value=ParameterValue(
-                type=ParameterType.PARAMETER_INTEGER, integer_value=4))])
-        assert all(r.successful for r in m.call(client, req, 20.0).results)
+        results = _set_params(m, f'{ns}/fusion_node', slop=0.01, queue_size=4)
+        assert all(r.successful for r in results), [r.reason for r in results]
         assert m.transition(Transition.TRANSITION_CONFIGURE), node_log(proc)
         assert m.state() == 'inactive'
         assert 'Traceback' not in node_log(proc)
